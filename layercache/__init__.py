@@ -1,0 +1,1 @@
+"""LayerCache: layer-wise caching of flow-matching image Transformers (arXiv 2604.16492)."""
