@@ -59,6 +59,10 @@ class TinyDigitPipeline(DiffusionPipeline):
     def from_weights(cls, path=DEFAULT_WEIGHTS, device="cpu") -> "TinyDigitPipeline":
         """Loads the bundled weights (safetensors only), with a clear error if they are missing or corrupt."""
         path = Path(path)
+        for sub in ("transformer", "label_encoder"):  # else diffusers takes the path for a Hub repo id
+            if not (path / sub / "config.json").is_file():
+                raise ValueError(f"model weights not found: {path / sub / 'config.json'} does not exist; restore "
+                                 f"assets/ from git or retrain with `python -m layercache.models.tiny.train`")
         try:
             transformer = QwenImageTransformer2DModel.from_pretrained(path / "transformer", use_safetensors=True)
             label_encoder = DigitLabelEncoder.from_pretrained(path / "label_encoder", use_safetensors=True)

@@ -1,0 +1,243 @@
+"""diffusers hooks that run or reuse each group of blocks, following a Schedule.
+
+Shaped like diffusers' `hooks/first_block_cache.py`: a config dataclass, a state class kept per
+`cache_context` ("cond"/"uncond"; "default" where a pipeline sets none, as SD3's does), small hooks and
+one `apply_layer_cache` function. The model hook works out the step from the transformer's timestep
+(no supported pipeline passes it); the first block of a group either runs it or returns its inputs plus
+the predicted residual; the other blocks of a reused group pass their inputs through.
+"""
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+from diffusers.utils.torch_utils import unwrap_module
+
+from .groups import GroupLayout, find_blocks, model_id, model_spec
+from .predictors import predict
+from .schedule import Schedule
+from .telemetry import Telemetry
+
+_MODEL_HOOK = "layercache_model"
+_BLOCK_HOOK = "layercache_block"
+
+
+@dataclass
+class LayerCacheConfig:
+    """schedule: what to compute and reuse. telemetry: record per-group velocity change and time (on a GPU
+    the times are launch times unless you synchronize). recorder: calibration's callback, called with
+    (context, step, group, residual_h, residual_e) for every computed group."""
+
+    schedule: Schedule
+    telemetry: bool = True
+    recorder: Callable | None = None
+
+
+class LayerCacheState(BaseState):
+    def __init__(self, num_groups: int, log_length: int):
+        self.num_groups, self.log_length = num_groups, log_length
+        self.reset()
+
+    def reset(self):
+        self.step = -1
+        self.sigma = self.sigma_next = None
+        self.row = None
+        self.passthrough = False
+        self.computing = True  # is the current group being computed (vs reused)?
+        self.group_input = None
+        self.started = 0.0
+        self.sigmas = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
+        self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
+
+
+class LayerCacheModelHook(ModelHook):
+    """On the transformer: finds the step from the timestep and starts a new generation when it goes back."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: StateManager, schedule: Schedule, telemetry: Telemetry, timestep_per_sigma):
+        super().__init__()
+        self.state_manager = state_manager
+        self.schedule = schedule
+        self.telemetry = telemetry
+        self.timestep_per_sigma = timestep_per_sigma
+        self._step_of_sigma = {round(s, 6): i for i, s in enumerate(schedule.sigmas)}
+
+    def new_forward(self, module, *args, **kwargs):
+        own_context = self.state_manager._context is None
+        if own_context:
+            self.state_manager.set_context(CacheContext("default"))
+        try:
+            state = self.state_manager.get_state()
+            if kwargs.get("skip_layers") is not None:
+                # SD3 skip-layer guidance: an extra call at the same step; run it uncached, touch no state
+                state.passthrough = True
+                try:
+                    return self.fn_ref.original_forward(*args, **kwargs)
+                finally:
+                    state.passthrough = False
+            timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
+            sigma = float(timestep.flatten()[0]) / self.timestep_per_sigma  # the one host sync per call
+            step = self._step_of(sigma)
+            if step != state.step + 1:
+                state.reset()  # a new generation, also after an exception or a cancelled run
+            state.step, state.sigma = step, sigma
+            state.sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
+            state.row = self.schedule.cells[step]
+            if self.telemetry.enabled:
+                self.telemetry.begin_call(self.state_manager.context.name, step, sigma, state.row)
+            return self.fn_ref.original_forward(*args, **kwargs)
+        finally:
+            if own_context:
+                self.state_manager.set_context(None)
+
+    def _step_of(self, sigma: float) -> int:
+        step = self._step_of_sigma.get(round(sigma, 6))
+        if step is None:
+            nearest = min(range(self.schedule.num_steps), key=lambda i: abs(self.schedule.sigmas[i] - sigma))
+            if abs(self.schedule.sigmas[nearest] - sigma) > 1e-5 * max(1.0, abs(sigma)):
+                raise ValueError(
+                    f"the pipeline is at sigma={sigma:.6f}, which is not on the schedule's {self.schedule.num_steps}"
+                    f"-step sigma grid: run with num_inference_steps={self.schedule.num_steps} (and the resolution "
+                    f"it was calibrated at), or plan a schedule for your settings")
+            step = nearest
+        return step
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
+
+
+class LayerCacheBlockHook(ModelHook):
+    """On every block: the first block of a group runs it or adds the predicted residual; the rest of a
+    reused group pass through; the last block of a computed group logs the group's residual."""
+
+    def __init__(self, state_manager, group: int, is_head: bool, is_tail: bool, config: LayerCacheConfig,
+                 telemetry: Telemetry):
+        super().__init__()
+        self.state_manager = state_manager
+        self.group, self.is_head, self.is_tail = group, is_head, is_tail
+        self.config, self.telemetry = config, telemetry
+        self._metadata = None
+
+    def initialize_hook(self, module):
+        self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
+
+    def _inputs(self, args, kwargs):
+        meta = self._metadata
+        return (meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs),
+                meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs))
+
+    def _as_output(self, hidden, encoder):
+        output = [None, None]
+        output[self._metadata.return_hidden_states_index] = hidden
+        output[self._metadata.return_encoder_hidden_states_index] = encoder
+        return tuple(output)
+
+    def new_forward(self, module, *args, **kwargs):
+        state = self.state_manager.get_state()
+        if state.passthrough or state.row is None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        if self.is_head:
+            hidden, encoder = self._inputs(args, kwargs)
+            cell = state.row[self.group]
+            residuals = state.residuals[self.group]
+            state.computing = cell.compute or not residuals or residuals[-1][0].shape != hidden.shape
+            if not state.computing:
+                return self._reuse(state, cell, hidden, encoder)
+            state.group_input = (hidden, encoder)
+            state.started = time.perf_counter()
+        elif not state.computing:
+            return self._as_output(*self._inputs(args, kwargs))
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if self.is_tail:
+            self._log_computed(state, output)
+        return output
+
+    def _reuse(self, state, cell, hidden, encoder):
+        g = self.group
+        history = list(state.residuals[g])
+        sigmas = list(state.sigmas[g])
+        d_hidden = predict(cell.predictor, [r[0] for r in history], sigmas, state.sigma, state.sigma_next, cell.k)
+        d_encoder = None
+        if history[-1][1] is not None and encoder is not None:
+            d_encoder = predict(cell.predictor, [r[1] for r in history], sigmas, state.sigma, state.sigma_next,
+                                cell.k)
+        state.sigmas[g].append(state.sigma)
+        state.residuals[g].append((d_hidden, d_encoder))
+        return self._as_output(hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
+
+    def _log_computed(self, state, output):
+        g = self.group
+        hidden_in, encoder_in = state.group_input
+        state.group_input = None
+        hidden_out = output[self._metadata.return_hidden_states_index]
+        encoder_out = output[self._metadata.return_encoder_hidden_states_index]
+        d_hidden = hidden_out - hidden_in
+        d_encoder = None if encoder_out is None or encoder_in is None else encoder_out - encoder_in
+        if self.telemetry.enabled:
+            record = self.telemetry.group(g)
+            record.time_s += time.perf_counter() - state.started
+            if state.residuals[g]:
+                record._changes.append(_relative_change(state.residuals[g][-1], (d_hidden, d_encoder)))
+        if self.config.recorder is not None:
+            self.config.recorder(self.state_manager.context.name, state.step, g, d_hidden, d_encoder)
+        state.sigmas[g].append(state.sigma)
+        state.residuals[g].append((d_hidden, d_encoder))
+
+
+def _relative_change(previous, current) -> torch.Tensor:
+    """||D(i) - D(i-1)||_1 / ||D(i-1)||_1 over both streams, as a 0-d tensor (no sync)."""
+    num = den = 0
+    for old, new in zip(previous, current):
+        if old is not None and new is not None and old.shape == new.shape:
+            num = num + (new.float() - old.float()).abs().sum()
+            den = den + old.float().abs().sum()
+    return num / den if torch.is_tensor(den) else torch.tensor(float("nan"))
+
+
+def apply_layer_cache(transformer: torch.nn.Module, config: LayerCacheConfig) -> Telemetry:
+    """Attach LayerCache to a supported transformer; returns the Telemetry that the run fills in."""
+    spec = model_spec(transformer)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(_MODEL_HOOK) is not None:
+        raise ValueError("LayerCache is already enabled on this transformer; disable it first")
+    if getattr(transformer, "is_cache_enabled", False):
+        raise ValueError("another diffusers cache is enabled on this transformer; call disable_cache() first")
+    schedule = config.schedule
+    blocks = find_blocks(transformer)
+    schedule.check_fits(model_id(transformer), len(blocks))
+    layout = GroupLayout(tuple(schedule.group_starts), schedule.num_blocks, tuple(schedule.group_costs))
+
+    state_manager = StateManager(LayerCacheState, (layout.num_groups, max(schedule.max_k, 1)))
+    telemetry = Telemetry(layout.num_groups, enabled=config.telemetry)
+    for g in range(layout.num_groups):
+        members = layout.blocks_of(g)
+        for index in members:
+            hook = LayerCacheBlockHook(state_manager, g, index == members[0], index == members[-1], config, telemetry)
+            HookRegistry.check_if_exists_or_initialize(blocks[index][1]).register_hook(hook, _BLOCK_HOOK)
+    model_hook = LayerCacheModelHook(state_manager, schedule, telemetry, spec["timestep_per_sigma"])
+    registry.register_hook(model_hook, _MODEL_HOOK)
+    registry.invalidate_child_registries_cache()
+    return telemetry
+
+
+def remove_layer_cache(transformer: torch.nn.Module) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(_MODEL_HOOK) is None:
+        raise ValueError("LayerCache is not enabled on this transformer")
+    registry.remove_hook(_MODEL_HOOK, recurse=False)
+    for _, block in find_blocks(transformer):
+        HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)
+    registry.invalidate_child_registries_cache()
+
+
+def is_enabled(transformer: torch.nn.Module) -> bool:
+    registry = getattr(transformer, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(_MODEL_HOOK) is not None
