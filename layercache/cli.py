@@ -96,7 +96,7 @@ def speed(args):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line instead of argparse's usage block, so that every bad input looks the same."""
-        self.exit(2, f"error: {message} (see `python -m layercache {self.prog.split()[-1]} --help`)\n")
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

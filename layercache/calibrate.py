@@ -1,0 +1,214 @@
+"""Calibration: run the uncached pipeline, record every group's residual per step and CFG branch, and
+turn the trajectories into the error table eps(step, group, horizon, candidate) the planner spends.
+
+eps(i, g, h, c) is the relative L1 error of candidate c = (predictor, K) at step i when group g was last
+computed h steps earlier, the steps in between predicted by the same candidate (teacher forcing: the
+history up to the last computed step is the reference). Residuals are compared on a fixed random subset
+of their coordinates (all of them for small models); the predictors are elementwise, so the subset's
+errors are those of the full tensors restricted to it.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .groups import find_blocks, model_id, partition
+from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+from .predictors import PREDICTORS, predict
+from .schedule import Schedule
+
+FORMAT = "layercache.calibration"
+VERSION = 1
+
+
+@dataclass
+class Calibration:
+    model_id: str
+    sigmas: list            # N sigmas, one per step
+    group_starts: list
+    num_blocks: int
+    group_costs: list
+    candidates: list        # [(predictor, K)]
+    errors: np.ndarray      # (N, G, H + 1, C); errors[i, g, h, c], inf where undefined
+    velocity_change: np.ndarray  # (N, G) relative L1 change of each group's residual, NaN at step 0
+    outputs: np.ndarray     # (trajectories, N, S) transformer outputs on a coordinate subset (for MeanCache)
+    meta: dict
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_starts)
+
+    @property
+    def max_horizon(self) -> int:
+        return self.errors.shape[2] - 1
+
+    def stability(self) -> np.ndarray:
+        """(G, C) mean one-step-horizon error of each candidate per group: lower is more stable."""
+        one_step = self.errors[1:, :, 1, :]
+        return np.where(np.isfinite(one_step), one_step, np.nan).mean(axis=0) if len(one_step) else one_step
+
+    def save(self, path) -> None:
+        meta = {"format": FORMAT, "version": VERSION, "model_id": self.model_id, "sigmas": self.sigmas,
+                "group_starts": self.group_starts, "num_blocks": self.num_blocks, "group_costs": self.group_costs,
+                "candidates": self.candidates, "meta": self.meta}
+        with open(path, "wb") as f:  # np.savez would append .npz to a path without it
+            np.savez_compressed(f, meta=np.array(json.dumps(meta)), errors=self.errors,
+                                velocity_change=self.velocity_change, outputs=self.outputs)
+
+    @classmethod
+    def load(cls, path) -> "Calibration":
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"calibration file {path} not found")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                arrays = {k: data[k] for k in ("errors", "velocity_change", "outputs")}
+        except Exception as err:
+            raise ValueError(f"calibration file {path} is corrupt or not a calibration ({type(err).__name__})") from None
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError(f"{path} is not a version-{VERSION} LayerCache calibration")
+        n, g = len(meta["sigmas"]), len(meta["group_starts"])
+        if arrays["errors"].shape[:2] != (n, g) or arrays["errors"].shape[3] != len(meta["candidates"]):
+            raise ValueError(f"calibration file {path} is inconsistent: error table shape {arrays['errors'].shape}")
+        return cls(meta["model_id"], meta["sigmas"], meta["group_starts"], meta["num_blocks"], meta["group_costs"],
+                   [tuple(c) for c in meta["candidates"]], arrays["errors"], arrays["velocity_change"],
+                   arrays["outputs"], meta["meta"])
+
+    def check_fits(self, transformer, num_steps: int | None = None) -> None:
+        if self.model_id != model_id(transformer):
+            raise ValueError(f"calibration is for model {self.model_id}, this model is {model_id(transformer)}; "
+                             f"calibrate this model")
+        if num_steps is not None and num_steps != self.num_steps:
+            raise ValueError(f"calibration is for {self.num_steps} steps, the run asks for {num_steps}; "
+                             f"calibrate for {num_steps} steps")
+
+
+class _Stop(Exception):
+    pass
+
+
+def sigma_grid(pipe, call: dict, num_inference_steps: int) -> list:
+    """The sigmas the pipeline's scheduler uses for this call: run one step and read them off."""
+    def stop(pipeline, step, timestep, kwargs):
+        raise _Stop
+
+    try:
+        pipe(**call, num_inference_steps=num_inference_steps, output_type="latent", callback_on_step_end=stop)
+    except _Stop:
+        pass
+    return [float(s) for s in pipe.scheduler.sigmas[:num_inference_steps]]
+
+
+def _call_kwargs(call: dict) -> dict:
+    call = dict(call)
+    if "seed" in call:
+        call["generator"] = torch.Generator().manual_seed(int(call.pop("seed")))
+    return call
+
+
+def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, group_starts=None,
+              max_horizon: int = 6, k_values=(1, 2, 3, 4), predictors=PREDICTORS, sample_size: int = 4096,
+              progress=None) -> Calibration:
+    """Run `pipe(**call)` uncached for every call (dicts of pipeline arguments; a "seed" becomes a
+    generator), record residuals and build the error table. `progress(done, total)` is called per call."""
+    if not isinstance(calls, (list, tuple)) or not calls or not all(isinstance(c, dict) for c in calls):
+        raise ValueError("calls must be a non-empty list of dicts of pipeline arguments")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 2:
+        raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
+    if not all(isinstance(k, int) and k >= 1 for k in k_values) or not k_values:
+        raise ValueError(f"K values must be integers >= 1, got {k_values!r}")
+    if not 1 <= max_horizon <= num_inference_steps:
+        raise ValueError(f"max_horizon must be from 1 to {num_inference_steps}, got {max_horizon}")
+    transformer = pipe.transformer
+    layout = partition(transformer, num_groups, group_starts)
+    sigmas = sigma_grid(pipe, _call_kwargs(calls[0]), num_inference_steps)
+    schedule = Schedule.all_compute(model_id(transformer), sigmas, layout)
+
+    residuals: dict = {}   # (call, context, batch row) -> [step][group] -> 1-D float32 subset
+    outputs: dict = {}     # (call, context, batch row) -> [step] -> 1-D float32 subset
+    subsets: dict = {}
+    current = {"call": 0, "step": {}}
+
+    def subset(x: torch.Tensor, key) -> torch.Tensor:
+        if key not in subsets:
+            gen = torch.Generator().manual_seed(len(subsets))
+            size = x[0].numel()
+            subsets[key] = None if size <= sample_size else torch.randperm(size, generator=gen)[:sample_size]
+        idx = subsets[key]
+        flat = x.reshape(x.shape[0], -1).float()
+        return (flat if idx is None else flat[:, idx.to(flat.device)]).cpu()
+
+    def recorder(context, step, group, d_hidden, d_encoder):
+        parts = [subset(d_hidden, ("h", group))]
+        if d_encoder is not None:
+            parts.append(subset(d_encoder, ("e", group)))
+        flat = torch.cat(parts, dim=1)
+        current["step"][context] = step
+        for row in range(flat.shape[0]):
+            traj = residuals.setdefault((current["call"], context, row), {})
+            traj.setdefault(step, [None] * layout.num_groups)[group] = flat[row]
+
+    def record_output(module, args, kwargs, output):
+        if kwargs.get("skip_layers") is not None:
+            return
+        context = getattr(getattr(hook.state_manager, "_context", None), "name", "default")
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        flat = subset(sample, "out")
+        for row in range(flat.shape[0]):
+            outputs.setdefault((current["call"], context, row), []).append(flat[row])
+
+    apply_layer_cache(transformer, LayerCacheConfig(schedule, telemetry=False, recorder=recorder))
+    hook = transformer._diffusers_hook.get_hook("layercache_model")
+    handle = transformer.register_forward_hook(record_output, with_kwargs=True)
+    try:
+        for index, call in enumerate(calls):
+            current["call"] = index
+            pipe(**_call_kwargs(call), num_inference_steps=num_inference_steps, output_type="latent")
+            if progress is not None:
+                progress(index + 1, len(calls))
+    finally:
+        handle.remove()
+        remove_layer_cache(transformer)
+
+    keys = sorted(residuals)
+    trajectories = torch.stack([torch.stack([torch.stack(residuals[k][i]) for i in range(num_inference_steps)])
+                                for k in keys])                      # (T, N, G, S)
+    candidates = [(p, k) for p in predictors for k in sorted(set(k_values)) if not (p == "mean" and k == 1)]
+    errors = error_table(trajectories, sigmas, candidates, max_horizon)
+    change = (trajectories[:, 1:] - trajectories[:, :-1]).abs().sum(-1) / trajectories[:, :-1].abs().sum(-1)
+    velocity = np.concatenate([np.full((1, layout.num_groups), np.nan), change.mean(0).numpy()], axis=0)
+    out = np.stack([torch.stack(outputs[k]).numpy() for k in sorted(outputs)]) if outputs else np.zeros((0,))
+    meta = {"num_calls": len(calls), "trajectories": len(keys), "contexts": sorted({k[1] for k in keys}),
+            "sample_size": sample_size, "calls": [{k: v for k, v in c.items() if isinstance(v, (int, float, str))}
+                                                  for c in calls]}
+    return Calibration(schedule.model_id, sigmas, list(layout.starts), layout.num_blocks, list(layout.costs),
+                       candidates, errors, velocity, out, meta)
+
+
+def error_table(trajectories: torch.Tensor, sigmas: list, candidates: list, max_horizon: int) -> np.ndarray:
+    """errors[i, g, h, c]: chained prediction error, averaged over trajectories (T, N, G, S)."""
+    n_steps, n_groups = trajectories.shape[1], trajectories.shape[2]
+    grid = list(sigmas) + [0.0]
+    errors = np.full((n_steps, n_groups, max_horizon + 1, len(candidates)), np.inf)
+    norms = trajectories.abs().sum(-1).clamp_min(1e-12)           # (T, N, G)
+    longest_k = max(k for _, k in candidates)
+    for start in range(n_steps - 1):                              # last computed step
+        for c, (kind, k) in enumerate(candidates):
+            first = max(0, start + 1 - longest_k)
+            log = [trajectories[:, j] for j in range(first, start + 1)]
+            log_sigmas = grid[first:start + 1]
+            for h in range(1, min(max_horizon, n_steps - 1 - start) + 1):
+                i = start + h
+                pred = predict(kind, log, log_sigmas, grid[i], grid[i + 1], k)
+                err = (pred - trajectories[:, i]).abs().sum(-1) / norms[:, i]   # (T, G)
+                errors[i, :, h, c] = err.mean(0).numpy()
+                log, log_sigmas = log + [pred], log_sigmas + [grid[i]]
+    return errors

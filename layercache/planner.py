@@ -1,0 +1,113 @@
+"""Greedy 3-D budget allocation over (step, group, K) (DESIGN.md §2).
+
+Start with every cell computed; repeatedly reuse the cell with the highest saving per error,
+cost_g / (w_g * eps^gamma + delta), where eps is the error of its best candidate at its current horizon
+(how many steps since the group was last computed). Reusing a cell lengthens the horizon of the reused
+cells after it, so keys are recomputed lazily when popped. A cell is rejected if it makes a group's run
+of consecutive reuses longer than `max_reuse`, or a step's summed error exceed `step_error_cap`.
+Stops when the executed fraction of block compute reaches the budget.
+"""
+
+import heapq
+
+import numpy as np
+
+from .calibrate import Calibration
+from .schedule import Cell, Schedule
+
+
+def check_budget(budget) -> float:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1:
+        raise ValueError(f"budget is the fraction of block compute to execute and must be in (0, 1], got {budget!r}")
+    return float(budget)
+
+
+def plan(calibration: Calibration, budget: float, protect_first: int = 2, protect_last: int = 1,
+         max_reuse: int = 4, max_k: int | None = None, predictors=None, step_error_cap: float | None = None,
+         gamma: float = 2.0, delta: float = 1e-6, group_weights=None) -> Schedule:
+    budget = check_budget(budget)
+    cal = calibration
+    n, g_count = cal.num_steps, cal.num_groups
+    if max_k is not None and (isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1):
+        raise ValueError(f"largest K must be an integer >= 1, got {max_k!r}")
+    if not isinstance(max_reuse, int) or not 1 <= max_reuse <= cal.max_horizon:
+        raise ValueError(f"max_reuse must be from 1 to {cal.max_horizon} (the calibrated horizon), got {max_reuse!r}")
+    allowed = [c for c, (kind, k) in enumerate(cal.candidates)
+               if (max_k is None or k <= max_k) and (predictors is None or kind in predictors)]
+    if not allowed:
+        raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
+    costs = np.asarray(cal.group_costs, dtype=float)
+    weights = np.ones(g_count) if group_weights is None else np.asarray(group_weights, dtype=float)
+    table = cal.errors[:, :, :, allowed]                        # (N, G, H+1, C')
+
+    compute = np.ones((n, g_count), dtype=bool)
+    protected = set(range(min(protect_first, n))) | set(range(max(n - protect_last, 0), n))
+    target = budget * n * costs.sum()
+    executed = n * costs.sum()
+
+    def horizon(i, g):  # steps since group g was last computed, if cell i is reused
+        h = 1
+        while i - h >= 0 and not compute[i - h, g]:
+            h += 1
+        return h
+
+    def best(i, g, h):
+        if h > cal.max_horizon:
+            return np.inf, 0
+        row = table[i, g, h]
+        c = int(np.argmin(row))
+        return float(row[c]), c
+
+    def key(i, g):
+        err, _ = best(i, g, horizon(i, g))
+        return costs[g] / (weights[g] * err ** gamma + delta)
+
+    def run_after(i, g):  # reused cells right after i
+        j = i + 1
+        while j < n and not compute[j, g]:
+            j += 1
+        return range(i + 1, j)
+
+    def step_error(i):
+        return sum(weights[g] * best(i, g, horizon(i, g))[0] for g in range(g_count) if not compute[i, g])
+
+    heap = [(-key(i, g), i, g) for i in range(n) for g in range(g_count) if i not in protected]
+    heapq.heapify(heap)
+    while heap and executed > target + 1e-9:
+        neg, i, g = heapq.heappop(heap)
+        if not compute[i, g]:
+            continue
+        fresh = key(i, g)
+        if fresh < -neg - 1e-12:
+            heapq.heappush(heap, (-fresh, i, g))   # stale: its horizon grew since it was pushed
+            continue
+        if not np.isfinite(best(i, g, horizon(i, g))[0]):
+            continue
+        compute[i, g] = False
+        affected = [i, *run_after(i, g)]
+        too_long = horizon(affected[-1], g) > max_reuse
+        too_wrong = step_error_cap is not None and any(step_error(j) > step_error_cap for j in affected)
+        if too_long or too_wrong or not all(np.isfinite(best(j, g, horizon(j, g))[0]) for j in affected):
+            compute[i, g] = True    # caps only tighten as more cells are reused: drop it for good
+            continue
+        executed -= costs[g]
+
+    fraction = executed / (n * costs.sum())
+    if executed > target + costs.max() + 1e-9:
+        raise ValueError(f"budget {budget} is out of reach under the caps (reached {fraction:.3f}): raise the "
+                         f"budget, max_reuse ({max_reuse}) or step_error_cap ({step_error_cap}), or protect fewer steps")
+    cells = []
+    for i in range(n):
+        row = []
+        for g in range(g_count):
+            if compute[i, g]:
+                row.append(Cell(True))
+            else:
+                kind, k = cal.candidates[allowed[best(i, g, horizon(i, g))[1]]]
+                row.append(Cell(False, kind, k))
+        cells.append(row)
+    meta = {"method": "layercache", "budget": budget, "compute_fraction": fraction, "max_reuse": max_reuse,
+            "max_k": max_k, "protect_first": protect_first, "protect_last": protect_last,
+            "step_error_cap": step_error_cap, "gamma": gamma}
+    return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
+                    cells, meta)
