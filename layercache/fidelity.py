@@ -28,7 +28,7 @@ def generate_all_classes(pipe, per_class: int = 20, steps: int = 50, guidance: f
 
 
 def run_fidelity(pipe, classifier=None, per_class: int = 20, steps: int = 50,
-                 guidance: float = DEFAULT_GUIDANCE, log=print) -> dict:
+                 guidance: float = DEFAULT_GUIDANCE, log=lambda line: print(line, flush=True)) -> dict:
     """Prints the classifier's accuracy on real held-out digits, the Fréchet distance of generated vs
     real digits (with a real-vs-real reference at the same sample sizes: the finite-sample floor), and,
     last, the accuracy on generated digits. Returns the figures."""
