@@ -138,18 +138,21 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     current = {"call": 0, "step": {}}
 
     def subset(x: torch.Tensor, key) -> torch.Tensor:
-        if key not in subsets:
+        if key not in subsets:  # the same coordinates for every group and step of a stream
             gen = torch.Generator().manual_seed(len(subsets))
             size = x[0].numel()
             subsets[key] = None if size <= sample_size else torch.randperm(size, generator=gen)[:sample_size]
+            subsets[key, "size"] = min(size, sample_size)
         idx = subsets[key]
         flat = x.reshape(x.shape[0], -1).float()
         return (flat if idx is None else flat[:, idx.to(flat.device)]).cpu()
 
     def recorder(context, step, group, d_hidden, d_encoder):
-        parts = [subset(d_hidden, ("h", group))]
+        parts = [subset(d_hidden, "h")]
         if d_encoder is not None:
-            parts.append(subset(d_encoder, ("e", group)))
+            parts.append(subset(d_encoder, "e"))
+        elif "e" in subsets:  # SD3's last block has no text stream: zeros change no error or norm
+            parts.append(torch.zeros(d_hidden.shape[0], subsets["e", "size"]))
         flat = torch.cat(parts, dim=1)
         current["step"][context] = step
         for row in range(flat.shape[0]):

@@ -1,0 +1,125 @@
+"""LayerCache on real pipeline classes: the bundled one, and Flux / SD3 / SD3.5 / Qwen-Image with tiny
+random components. Every cell computed must be bit-identical to uncached; hooks removed must restore
+the model; real block executions must match the schedule per CFG branch."""
+
+import pytest
+import torch
+import tiny_pipelines
+
+import layercache as lc
+from layercache.groups import find_blocks
+
+STEPS = 6
+NAMES = ["tiny", "flux", "sd3", "sd35", "qwen"]
+
+
+def setup(name, cache={}):  # noqa: B006 - module-level memo: each pipeline is built and calibrated once
+    if name not in cache:
+        if name == "tiny":
+            from layercache.models.tiny import TinyDigitPipeline
+            pipe = TinyDigitPipeline.from_weights()
+            kwargs = {"label": [3, 8]}
+        else:
+            pipe, kwargs = tiny_pipelines.BUILDERS[name]()
+        pipe.set_progress_bar_config(disable=True)
+        cal = lc.calibrate(pipe, [dict(kwargs, seed=11)], STEPS, num_groups=2)
+        cache[name] = (pipe, kwargs, cal)
+    return cache[name]
+
+
+def run(pipe, kwargs, **extra):
+    return pipe(**kwargs, **extra, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                output_type="pt").images
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_cell_computed_is_bit_identical(name):
+    pipe, kwargs, cal = setup(name)
+    reference = run(pipe, kwargs)
+    lc.enable(pipe, lc.plan(cal, 1.0))
+    try:
+        assert torch.equal(run(pipe, kwargs), reference)
+    finally:
+        lc.disable(pipe)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cached_runs_repeat_and_disable_restores(name):
+    pipe, kwargs, cal = setup(name)
+    reference = run(pipe, kwargs)
+    schedule = lc.plan(cal, 0.6)
+    assert schedule.compute_fraction < 0.75
+    lc.enable(pipe, schedule)
+    try:
+        first, second = run(pipe, kwargs), run(pipe, kwargs)
+    finally:
+        lc.disable(pipe)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, reference)  # reuse really happened
+    assert torch.isfinite(first).all()
+    assert torch.equal(run(pipe, kwargs), reference)
+    assert not lc.is_enabled(pipe.transformer)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_block_executions_match_schedule_per_cfg_branch(name):
+    pipe, kwargs, cal = setup(name)
+    schedule = lc.plan(cal, 0.6)
+    expected = sum(len(range(*bounds)) for row in schedule.cells
+                   for bounds, cell in zip(zip(schedule.group_starts, schedule.group_starts[1:] + [schedule.num_blocks]),
+                                           row) if cell.compute)
+    counts = {}
+    lc.enable(pipe, schedule)
+    hook = pipe.transformer._diffusers_hook.get_hook("layercache_model")
+
+    def count(module, args, output):
+        context = hook.state_manager._context.name
+        counts[context] = counts.get(context, 0) + 1
+
+    handles = [block.attn.to_q.register_forward_hook(count) for _, block in find_blocks(pipe.transformer)]
+    try:
+        run(pipe, kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        lc.disable(pipe)
+    branches = {"sd3": ["default"], "sd35": ["default"]}.get(name, ["cond", "uncond"])
+    assert counts == {branch: expected for branch in branches}
+
+
+def test_sd3_skip_layer_guidance_counts_each_step_once():
+    pipe, kwargs, cal = setup("sd3")
+    extra = {"skip_guidance_layers": [1], "skip_layer_guidance_start": 0.0, "skip_layer_guidance_stop": 1.0}
+    reference = run(pipe, kwargs, **extra)
+    telemetry = lc.enable(pipe, lc.plan(cal, 1.0))
+    try:
+        assert torch.equal(run(pipe, kwargs, **extra), reference)
+        assert [record.step for record in telemetry.steps] == list(range(STEPS))
+        lc.disable(pipe)
+        telemetry = lc.enable(pipe, lc.plan(cal, 0.6))
+        cached = run(pipe, kwargs, **extra)
+        assert [record.step for record in telemetry.steps] == list(range(STEPS))
+        assert torch.isfinite(cached).all()
+    finally:
+        lc.disable(pipe)
+
+
+def test_telemetry_reports_every_step_and_group():
+    pipe, kwargs, cal = setup("tiny")
+    schedule = lc.plan(cal, 0.6)
+    telemetry = lc.enable(pipe, schedule)
+    try:
+        run(pipe, kwargs)
+    finally:
+        lc.disable(pipe)
+    events = telemetry.events()
+    assert [e["step"] for e in events] == list(range(STEPS))
+    for event, row in zip(events, schedule.cells):
+        for group, cell in zip(event["groups"], row):
+            assert group["computed"] == cell.compute
+            assert group["k"] == (None if cell.compute else cell.k)
+            if cell.compute and event["step"] > 0:
+                assert group["velocity_change"] > 0 and group["time_s"] > 0
+            if not cell.compute:
+                assert group["velocity_change"] is None
+    assert telemetry.steps[0].contexts == {"cond", "uncond"}

@@ -1,0 +1,65 @@
+"""Predictors against closed-form values on analytic residual trajectories."""
+
+import pytest
+import torch
+
+from layercache.predictors import mean, predict, slope
+
+SIGMAS = [1.0, 0.9, 0.75, 0.6, 0.4]  # uneven steps on purpose
+BASE = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+
+
+def trajectory(fn, sigmas=SIGMAS):
+    return [fn(s) * BASE for s in sigmas]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_constant_is_exact_for_both_predictors(k):
+    log = trajectory(lambda s: 2.0)
+    assert torch.allclose(slope(log, SIGMAS, 0.3, k), 2.0 * BASE)
+    assert torch.allclose(mean(log, SIGMAS, 0.3, 0.2, k), 2.0 * BASE)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5, 9])
+def test_slope_is_exact_on_linear_trajectories_for_every_k_from_2(k):
+    log = trajectory(lambda s: 3.0 - 2.0 * s)
+    assert torch.allclose(slope(log, SIGMAS, 0.3, k), (3.0 - 2.0 * 0.3) * BASE, atol=1e-6)
+
+
+def test_k1_is_plain_reuse():
+    log = trajectory(lambda s: 3.0 - 2.0 * s)
+    assert torch.equal(slope(log, SIGMAS, 0.3, 1), log[-1])
+    assert torch.equal(mean(log, SIGMAS, 0.3, 0.2, 1), log[-1])
+
+
+def test_slope_on_quadratic_matches_closed_form():
+    f = lambda s: s * s  # noqa: E731
+    log = trajectory(f)
+    # K = 3: slope between sigma 0.75 and 0.4 is (0.16 - 0.5625) / (0.4 - 0.75) = 1.15
+    expected = (0.16 + (0.3 - 0.4) * 1.15) * BASE
+    assert torch.allclose(slope(log, SIGMAS, 0.3, 3), expected, atol=1e-6)
+    # K = 2: slope between 0.6 and 0.4 is 1.0
+    assert torch.allclose(slope(log, SIGMAS, 0.3, 2), (0.16 - 0.1) * BASE, atol=1e-6)
+
+
+def test_mean_estimator_closed_form_on_linear():
+    # D(s) = s; window of K = 2 points: sigma 0.6 and 0.4, now 0.3, next 0.2
+    log = trajectory(lambda s: s)
+    average = ((0.4 - 0.6) * 0.6 + (0.3 - 0.4) * 0.4) / (0.3 - 0.6)
+    jvp = (0.6 - average) / (0.3 - 0.6)
+    expected = (0.4 - (0.2 - 0.3) * jvp) * BASE
+    assert torch.allclose(mean(log, SIGMAS, 0.3, 0.2, 2), expected, atol=1e-6)
+    # not exact on linear trajectories, unlike the slope predictor (DESIGN.md §2)
+    assert not torch.allclose(expected, 0.3 * BASE, atol=1e-3)
+
+
+def test_short_log_uses_what_is_there_and_keeps_dtype():
+    log = [x.to(torch.bfloat16) for x in trajectory(lambda s: 1 - s)[:2]]
+    out = slope(log, SIGMAS[:2], 0.75, 4)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), 0.25 * BASE, atol=1e-2)
+
+
+def test_unknown_predictor_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown predictor"):
+        predict("taylor", trajectory(lambda s: s), SIGMAS, 0.3, 0.2, 2)
