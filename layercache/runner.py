@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -317,3 +318,101 @@ class _Run:
                    "compute_fraction": fraction, "compute_speedup": 1.0 / max(fraction, 1e-9)}
         return {"kind": "final", "num_steps": self.num_steps, "method": self.method.name, "elapsed_s": elapsed,
                 "images": {"uncached": _as_numpy(ref), "cached": _as_numpy(out)}, "metrics": metrics}
+
+
+# --- what the app keeps across requests: pipelines, calibrations, schedules -----------------------------
+
+METHODS = ("LayerCache", "LayerCache, K=1 (no JVP)", "FirstBlockCache (diffusers)")
+HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
+    ["a red fox in fresh snow, photograph", "an isometric city at night, neon signs", "a bowl of ramen, studio light",
+     "portrait of an old fisherman, oil painting"], start=1)]
+
+
+def cache_dir() -> Path:
+    import os
+    return Path(os.environ.get("LAYERCACHE_CACHE_DIR") or Path.home() / ".cache" / "layercache")
+
+
+class Workbench:
+    """Loads each allow-listed model once and keeps its runner; finds or makes calibrations (shipped in assets/
+    for the bundled model, else calibrated on first use and kept under `cache_dir()`); plans schedules."""
+
+    def __init__(self):
+        self._runners: dict = {}
+        self._calibrations: dict = {}
+        self._lock = threading.Lock()
+
+    def runner(self, key: str) -> LockstepRunner:
+        from .models.registry import load_pipeline
+        with self._lock:
+            if key not in self._runners:
+                pipe = load_pipeline(key)  # allow-list, availability and safetensors checks live there
+                pipe.set_progress_bar_config(disable=True)
+                self._runners[key] = LockstepRunner(pipe)
+            return self._runners[key]
+
+    def cancel_all(self) -> None:
+        for runner in list(self._runners.values()):
+            runner.cancel()
+
+    def calibration_source(self, key: str, steps: int, groups: int) -> tuple[str, Path]:
+        """('shipped' | 'cached' | 'to calibrate', path) without loading anything."""
+        from .models.registry import shipped_calibration
+        shipped = shipped_calibration(key, steps, groups)
+        if shipped.is_file():
+            return "shipped", shipped
+        path = cache_dir() / f"{key}_steps{steps}_groups{groups}.npz"
+        return ("cached" if path.is_file() else "to calibrate"), path
+
+    def calibration(self, key: str, steps: int, groups: int, progress=None):
+        """The calibration for (model, steps, groups), and where it came from."""
+        from .calibrate import Calibration, calibrate
+        from .groups import model_id
+        cache_key = (key, steps, groups)
+        if cache_key in self._calibrations:
+            return self._calibrations[cache_key]
+        runner = self.runner(key)
+        source, path = self.calibration_source(key, steps, groups)
+        cal = Calibration.load(path) if source != "to calibrate" else None
+        if cal is None or cal.model_id != model_id(runner.pipes["uncached"].transformer):
+            runner.cancel()
+            with runner._lock:  # no run may start on this pipeline meanwhile
+                cal = calibrate(runner.pipes["uncached"], _calibration_calls(key), steps, num_groups=groups,
+                                progress=progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cal.save(path)
+            source = "calibrated now"
+        self._calibrations[cache_key] = (cal, f"{source}: {path}")
+        return self._calibrations[cache_key]
+
+    def method(self, key: str, name: str, steps: int, groups: int, budget: float, max_k: int,
+               threshold: float = 0.1, progress=None):
+        from diffusers import FirstBlockCacheConfig
+
+        from .planner import plan
+        if name == "FirstBlockCache (diffusers)":
+            return DiffusersCacheMethod(FirstBlockCacheConfig(threshold=float(threshold)), name), None
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+        cal, source = self.calibration(key, steps, groups, progress)
+        if name == "LayerCache, K=1 (no JVP)":
+            schedule = plan(cal, budget, max_k=1, predictors=("slope",))
+        else:
+            schedule = plan(cal, budget, max_k=max_k)
+        return LayerCacheMethod(schedule, name), source
+
+    def explore(self, key: str, call: dict, seed: int, steps: int, groups: int, max_k: int, progress=None):
+        """One uncached run of this input, recorded: per-group velocity change and stability against K."""
+        from .calibrate import calibrate
+        runner = self.runner(key)
+        runner.cancel()
+        with runner._lock:
+            return calibrate(runner.pipes["uncached"], [dict(call, seed=seed)], steps, num_groups=groups,
+                             k_values=tuple(range(1, max_k + 1)), progress=progress)
+
+
+def _calibration_calls(key: str) -> list:
+    if key == "tiny":
+        from .models.tiny.sets import calibration_calls
+        return calibration_calls()
+    return HUB_CALIBRATION_CALLS

@@ -1,0 +1,112 @@
+"""The Gradio app through a real in-process server and gradio_client: streaming, metrics, bad input, Stop,
+and space.yaml as the one source of the Space metadata."""
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+gradio_client = pytest.importorskip("gradio_client")
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+# model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold
+GOOD = ("tiny", "seven", 0, STEPS, 3.0, 0.7, 3, 3, "LayerCache", 0.1)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    os.environ["LAYERCACHE_CACHE_DIR"] = str(tmp_path_factory.mktemp("calibrations"))
+    import app
+
+    app.configure_torch()
+    demo = app.build_demo()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    yield gradio_client.Client(demo.local_url, verbose=False, download_files=False)
+    demo.close()
+
+
+def run(client, *args):
+    job = client.submit(*args, api_name="/run")
+    return list(job), job
+
+
+def test_streams_one_update_per_step_then_final_metrics(client):
+    outputs, job = run(client, *GOOD)
+    statuses = [out[0] for out in outputs]
+    steps_seen = [s for s in statuses if s.startswith("**Step ")]
+    assert [s.split("/")[0] for s in steps_seen] == [f"**Step {i}" for i in range(1, STEPS + 1)]
+    assert statuses[-1].startswith("**Done") and statuses.index(steps_seen[-1]) < len(statuses) - 1
+    metrics = outputs[-1][6]
+    for key in ("psnr_db", "ssim", "wall_speedup", "compute_speedup", "time_uncached_s", "time_cached_s"):
+        assert metrics[key] is not None, key
+    assert metrics["lpips"] is None and "LPIPS" in metrics["lpips_note"]
+    assert 0 < metrics["compute_speedup"] and metrics["ssim"] > 0.5
+    assert outputs[-1][1] is not None and outputs[-1][7] is not None  # previews and difference image
+    assert "calibrated" in outputs[-1][9]  # no shipped calibration at 6 steps: made on first use and kept
+
+
+@pytest.mark.parametrize("field, value, words", [
+    (1, "", "empty"), (1, "banana", "digit"), (3, 0, "steps"), (5, 0, "budget"), (5, 1.5, "budget"),
+    (0, "../../etc/passwd", "list"), (0, "qwen-image", "CUDA"), (8, "magic", "list")])
+def test_bad_input_is_a_visible_error_and_the_app_keeps_serving(client, field, value, words):
+    args = list(GOOD)
+    args[field] = value
+    with pytest.raises(gradio_client.exceptions.AppError) as err:
+        client.predict(*args, api_name="/run")
+    message = str(err.value).lower()  # ours names the field; Gradio's slider bounds check says "minimum/maximum value"
+    assert words.lower() in message or "imum value" in message
+    outputs, _ = run(client, *GOOD)
+    assert outputs[-1][0].startswith("**Done")
+
+
+def test_cancel_mid_run_then_the_next_run_is_unchanged(client):
+    reference, _ = run(client, *GOOD[:2], 7, *GOOD[3:])
+    job = client.submit(*GOOD[:2], 7, *GOOD[3:], api_name="/run")
+    for out in job:
+        if out[0].startswith("**Step 2"):
+            job.cancel()
+            break
+    client.predict(api_name="/stop")
+    again, _ = run(client, *GOOD[:2], 7, *GOOD[3:])
+    for key in ("psnr_db", "ssim", "compute_fraction"):
+        assert again[-1][6][key] == reference[-1][6][key]
+
+
+def test_firstblockcache_lane(client):
+    outputs, _ = run(client, "tiny", "3", 1, STEPS, 3.0, 0.7, 3, 3, "FirstBlockCache (diffusers)", 0.2)
+    metrics = outputs[-1][6]
+    assert metrics["method"] == "FirstBlockCache (diffusers)" and metrics["compute_speedup"] >= 1
+
+
+def test_explore_view(client):
+    velocity, stability, note = client.predict("tiny", "two", 3, STEPS, 3, 4, 3.0, api_name="/explore")
+    assert "group 2" in note and velocity and stability
+
+
+def test_space_yaml_is_the_source_of_front_matter_and_defaults():
+    from layercache import space
+
+    import app
+
+    data = yaml.safe_load((ROOT / "space.yaml").read_text())
+    rendered = space.front_matter()
+    assert rendered.startswith("---\n") and rendered.endswith("---\n")
+    assert yaml.safe_load(rendered.strip("-\n")) == data["space"]
+    for key in ("sdk", "sdk_version", "app_file", "python_version", "suggested_hardware", "models", "preload_from_hub"):
+        assert key in data["space"], key
+    import gradio
+    assert data["space"]["sdk_version"] == gradio.__version__ and (ROOT / data["space"]["app_file"]).is_file()
+    assert app.DEFAULTS == data["defaults"]
+    assert not math.isnan(app.DEFAULTS["budget"])
+
+
+def test_readme_front_matter_in_sync_with_space_yaml():
+    from layercache import space
+
+    readme = ROOT / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md not written yet")
+    assert space.in_sync(readme), "README front matter differs from space.yaml: paste `python -m layercache.space`"
