@@ -1,0 +1,561 @@
+"""Caching methods behind one interface, so the benchmark measures them all the same way.
+
+A `Method` turns (benchmark context, budget) into an `OperatingPoint`: how to attach it to the pipeline,
+how to detach it, how many steps to run, and what compute it planned. What it *realized* is measured,
+never taken from the plan: `ComputeCounter` counts the multiply-adds of every Linear layer inside the
+transformer blocks that actually ran (a superset of counting `attn.to_q` calls, which stays right for
+caches that skip only part of a block), relative to the uncached run on the same inputs.
+
+Budget b = fraction of block compute to execute. Methods that plan their compute hit b (to one cell or
+one step; ties go to *more* compute for the peer). Methods driven by a threshold are mapped to b as
+their own rules allow, each explained where it is built; the realized fraction is what gets reported.
+
+Methods (names as on the command line):
+  layercache          greedy plan over (step, group, K), 4 groups                       (DESIGN.md §2)
+  layercache-k1       ablation: K fixed to 1 (plain reuse, no JVP)
+  layercache-g1       ablation: one group (the whole block stack decided per step)
+  layercache-uniform  ablation: no greedy allocator; every group reused on the same evenly spread steps,
+                      each reused cell with its calibrated best (predictor, K)
+  meancache           whole model: a cached step calls no block; û = v_last − Δσ·J (MeanCache's
+                      estimator on transformer outputs), schedule by DP with exactly B computed steps
+  fbcache             diffusers FirstBlockCacheConfig (threshold searched on calibration inputs)
+  taylorseer          diffusers TaylorSeerCacheConfig on whole blocks (interval + warm-up fitted to b)
+  magcache            diffusers MagCacheConfig, ratios calibrated on the model with its calibrate mode
+  fewer-steps         the uncached sampler with round(N·b) steps
+  fixed-interval      every group recomputed every I_g steps and plainly reused in between
+
+Not applicable to QwenImageTransformer2DModel under Qwen-style CFG (separate "cond"/"uncond" calls):
+  - PyramidAttentionBroadcast keeps ONE state per attention module (`self.state`, not per cache
+    context), so with separate cond/uncond calls its iteration counter alternates between branches and
+    the uncond call reuses the cond branch's attention output: it silently breaks guidance. It also needs
+    `pipe.current_timestep`, which these pipelines' loops do not maintain for it.
+  - FasterCache assumes batched CFG (it splits the batch into uncond/cond halves) and video tensors
+    (BCFHW/BFCHW); its per-module state is also not per cache context. Neither holds here.
+"""
+
+import contextlib
+import io
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from .calibrate import Calibration, _call_kwargs, calibrate
+from .groups import find_blocks, model_spec
+from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
+from .planner import check_budget, plan
+from .predictors import predict
+from .schedule import Cell, Schedule
+from .telemetry import Telemetry
+
+
+def steps_for(budget: float, num_steps: int) -> int:
+    """round(N·b), halves rounded up (toward more compute for the method), at least 1."""
+    return min(num_steps, max(1, math.floor(num_steps * budget + 0.5)))
+
+
+# ---------------------------------------------------------------- measuring realized compute
+
+class ComputeCounter:
+    """Counts multiply-adds of the Linear layers inside the transformer blocks that really ran.
+
+    Torch forward hooks still fire when a diffusers cache skips a block's forward, but not for the
+    block's children that never ran, so counting on the Linears measures real work.
+    """
+
+    def __init__(self, transformer):
+        self.macs = 0
+        self._handles = [m.register_forward_hook(self._count)
+                         for _, block in find_blocks(transformer) for m in block.modules()
+                         if isinstance(m, torch.nn.Linear)]
+
+    def _count(self, module, inputs, output):
+        self.macs += output.numel() * module.in_features
+
+    def close(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ---------------------------------------------------------------- the interface
+
+@dataclass
+class OperatingPoint:
+    method: str
+    budget: float
+    attach: Callable           # attach(pipe): enable the cache
+    detach: Callable           # detach(pipe): remove it
+    num_inference_steps: int
+    planned_fraction: float | None = None   # what the method planned; None where a threshold decides at run time
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    prepare: Callable          # prepare(context, budget) -> OperatingPoint
+
+
+class BenchContext:
+    """What the methods share for one model and step count: the pipeline, calibrations (loaded from
+    `calibrations` {groups: Calibration or path} or computed on `calibration_calls`) and tuning results."""
+
+    def __init__(self, pipe, num_steps: int, calibration_calls: list, calibrations: dict | None = None,
+                 log: Callable = lambda message: None):
+        self.pipe, self.num_steps, self.calibration_calls = pipe, num_steps, calibration_calls
+        self._calibrations = dict(calibrations or {})
+        self._cache: dict = {}
+        self.log = log
+        self.notes: list[str] = []
+
+    def calibration(self, groups: int) -> Calibration:
+        found = self._calibrations.get(groups)
+        if isinstance(found, Calibration):
+            return found
+        if found is not None:
+            cal = Calibration.load(found)
+        else:
+            self.log(f"calibrating {groups} group(s) at {self.num_steps} steps (no shipped calibration)")
+            self.notes.append(f"{groups}-group calibration computed in-process on the calibration set")
+            cal = calibrate(self.pipe, self.calibration_calls, self.num_steps, num_groups=groups)
+        cal.check_fits(self.pipe.transformer, self.num_steps)
+        self._calibrations[groups] = cal
+        return cal
+
+    def memo(self, key, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def run_tuning(self) -> int:
+        """One uncached-settings run on the first calibration call (never evaluation inputs); returns MACs."""
+        with ComputeCounter(self.pipe.transformer) as counter:
+            self.pipe(**_call_kwargs(self.calibration_calls[0]), num_inference_steps=self.num_steps,
+                      output_type="latent")
+        return counter.macs
+
+
+def _with_schedule(name, budget, schedule: Schedule) -> OperatingPoint:
+    def attach(pipe):
+        apply_layer_cache(pipe.transformer, LayerCacheConfig(schedule, telemetry=False))
+
+    def detach(pipe):
+        remove_layer_cache(pipe.transformer)
+
+    chosen = sorted({c.encode() for row in schedule.cells for c in row if not c.compute})
+    return OperatingPoint(name, budget, attach, detach, schedule.num_steps, schedule.compute_fraction,
+                          {"reuse_cells": chosen})
+
+
+def _with_diffusers_cache(name, budget, config, planned, params) -> OperatingPoint:
+    def attach(pipe):
+        pipe.transformer.enable_cache(config)
+
+    def detach(pipe):
+        pipe.transformer.disable_cache()
+
+    return OperatingPoint(name, budget, attach, detach, None, planned, params)
+
+
+# ---------------------------------------------------------------- LayerCache and its ablations
+
+def _layercache(ctx, budget):
+    return _with_schedule("layercache", budget, plan(ctx.calibration(4), budget))
+
+
+def _layercache_k1(ctx, budget):
+    return _with_schedule("layercache-k1", budget, plan(ctx.calibration(4), budget, max_k=1))
+
+
+def _layercache_g1(ctx, budget):
+    return _with_schedule("layercache-g1", budget, plan(ctx.calibration(1), budget))
+
+
+def _grid_schedule(cal: Calibration, compute: np.ndarray, pick_k: bool, meta: dict) -> Schedule:
+    """A Schedule from a (N, G) compute mask; reused cells get the calibrated best candidate at their
+    horizon (pick_k) or plain reuse."""
+    cells = []
+    for i, row in enumerate(compute):
+        cells.append([])
+        for g, on in enumerate(row):
+            if on:
+                cells[-1].append(Cell(True))
+                continue
+            h = 1
+            while not compute[i - h, g]:
+                h += 1
+            errors = cal.errors[i, g, h] if pick_k and h <= cal.max_horizon else None
+            if errors is None or not np.isfinite(errors).any():
+                cells[-1].append(Cell(False, "slope", 1))
+            else:
+                kind, k = cal.candidates[int(np.argmin(errors))]
+                cells[-1].append(Cell(False, kind, k))
+    return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
+                    cells, meta)
+
+
+def _free_steps(n, protect_first=2, protect_last=1):
+    return list(range(min(protect_first, n), max(n - protect_last, 0)))
+
+
+def _layercache_uniform(ctx, budget):
+    """Same protected steps as the planner; R = round(N(1−b)) reused steps spread evenly over the rest."""
+    cal = ctx.calibration(4)
+    free = _free_steps(cal.num_steps)
+    reused = min(len(free), steps_for(1 - budget, cal.num_steps) if budget < 1 else 0)
+    compute = np.ones((cal.num_steps, cal.num_groups), dtype=bool)
+    for j in range(reused):  # the j-th of R points spread over the free steps
+        compute[free[int((j + 0.5) * len(free) / reused)]] = False
+    meta = {"method": "layercache-uniform", "budget": budget}
+    return _with_schedule("layercache-uniform", budget, _grid_schedule(cal, compute, True, meta))
+
+
+def _fixed_interval(ctx, budget):
+    """Group g is recomputed every I_g steps (steps 0, 1 and the last always), plainly reused in between.
+    I_g is ⌊1/b⌋ or ⌊1/b⌋ + 1; the number of groups given the longer one (shallowest first) is the one whose
+    compute lands nearest b."""
+    cal = ctx.calibration(4)
+    n, g_count = cal.num_steps, cal.num_groups
+    short = max(1, math.floor(1 / budget))
+    long = short + 1
+    best = None
+    for m in range(g_count + 1):
+        intervals = [long] * m + [short] * (g_count - m)
+        compute = np.ones((n, g_count), dtype=bool)
+        for i in _free_steps(n):
+            compute[i] = [i % interval == 0 for interval in intervals]
+        fraction = float((compute * np.asarray(cal.group_costs)).sum() / n)
+        if best is None or abs(fraction - budget) < abs(best[0] - budget) - 1e-12:
+            best = (fraction, compute, intervals)
+    meta = {"method": "fixed-interval", "budget": budget, "intervals": best[2]}
+    point = _with_schedule("fixed-interval", budget, _grid_schedule(cal, best[1], False, meta))
+    point.params["intervals"] = best[2]
+    return point
+
+
+# ---------------------------------------------------------------- MeanCache
+
+def meancache_costs(outputs: np.ndarray, sigmas: list, k_values=(1, 2, 3, 4), gamma: float = 2.0):
+    """Edge costs of MeanCache's shortest path, from calibrated transformer outputs (T, N, S).
+
+    cost[a, c] (0 <= a < c <= N; c = N is the end) is the cost of computing step a and next step c,
+    predicting the steps in between with MeanCache's estimator: the sum over skipped steps of the
+    relative L1 deviation (mean over trajectories) to the power gamma, history up to a taken from the
+    reference. best_k[a, c] is the window K that minimizes it; cost[a, a+1] = 0.
+    """
+    out = torch.from_numpy(np.asarray(outputs, dtype=np.float32))
+    n = out.shape[1]
+    grid = list(sigmas) + [0.0]
+    norms = out.abs().sum(-1).clamp_min(1e-12)
+    cost = np.full((n, n + 1), np.inf)
+    best_k = np.zeros((n, n + 1), dtype=int)
+    for a in range(n):
+        cost[a, a + 1], best_k[a, a + 1] = 0.0, 1
+        for k in k_values:
+            log = deque((out[:, j] for j in range(max(0, a + 1 - k), a + 1)), maxlen=k)
+            log_sigmas = deque(grid[max(0, a + 1 - k):a + 1], maxlen=k)
+            total = 0.0
+            for i in range(a + 1, n):
+                pred = predict("mean", list(log), list(log_sigmas), grid[i], grid[i + 1], k)
+                total += float(((pred - out[:, i]).abs().sum(-1) / norms[:, i]).mean()) ** gamma
+                log.append(pred)
+                log_sigmas.append(grid[i])
+                if total < cost[a, i + 1]:
+                    cost[a, i + 1], best_k[a, i + 1] = total, k
+    return cost, best_k
+
+
+def shortest_schedule(cost: np.ndarray, budget_steps: int) -> list[int]:
+    """The computed steps (exactly `budget_steps`, step 0 among them) minimizing the summed edge cost of
+    consecutive computed steps (and of the last one to the end, column N). Dynamic programming, O(B·N²)."""
+    n = cost.shape[0]
+    if not 1 <= budget_steps <= n:
+        raise ValueError(f"MeanCache needs from 1 to {n} computed steps, got {budget_steps}")
+    best = np.full((budget_steps + 1, n), np.inf)   # best[j, c]: j computed steps, the last one at c
+    parent = np.zeros((budget_steps + 1, n), dtype=int)
+    best[1, 0] = 0.0
+    for j in range(2, budget_steps + 1):
+        for c in range(j - 1, n):
+            totals = best[j - 1, :c] + cost[:c, c]
+            a = int(np.argmin(totals))
+            best[j, c], parent[j, c] = totals[a], a
+    finals = best[budget_steps] + cost[:, n]
+    last = int(np.argmin(finals))
+    if not np.isfinite(finals[last]):
+        raise ValueError(f"no MeanCache schedule with {budget_steps} computed steps has a finite cost")
+    steps = [last]
+    for j in range(budget_steps, 1, -1):
+        steps.append(int(parent[j, steps[-1]]))
+    return steps[::-1]
+
+
+def meancache_schedule(cal: Calibration, budget: float, gamma: float = 2.0, k_values=(1, 2, 3, 4)) -> Schedule:
+    """MeanCache as a one-group Schedule: each step 'compute' or 'mean:K' (K = the best K of its skip)."""
+    check_budget(budget)
+    if cal.outputs.ndim != 3 or cal.outputs.shape[1] != cal.num_steps:
+        raise ValueError("this calibration has no transformer outputs; recalibrate to run MeanCache")
+    n = cal.num_steps
+    cost, best_k = meancache_costs(cal.outputs, cal.sigmas, k_values, gamma)
+    computed = shortest_schedule(cost, steps_for(budget, n))
+    cells = [[Cell(True)] for _ in range(n)]
+    for a, c in zip(computed, computed[1:] + [n]):
+        for i in range(a + 1, c):
+            cells[i] = [Cell(False, "mean", int(best_k[a, c]))]
+    meta = {"method": "meancache", "budget": budget, "computed_steps": computed, "gamma": gamma,
+            "path_cost": float(sum(cost[a, c] for a, c in zip(computed, computed[1:] + [n])))}
+    return Schedule(cal.model_id, list(cal.sigmas), [0], cal.num_blocks, [1.0], cells, meta)
+
+
+class MeanCacheState(BaseState):
+    def __init__(self, log_length: int):
+        self.log_length = log_length
+        self.reset()
+
+    def reset(self):
+        self.step = -1
+        self.sigmas = deque(maxlen=self.log_length)
+        self.outputs = deque(maxlen=self.log_length)
+
+
+class MeanCacheHook(LayerCacheModelHook):
+    """On the transformer: a computed step runs it and logs its output; a cached step runs nothing and
+    returns MeanCache's prediction from the log of outputs (per cache context = per CFG branch). Steps are
+    found from the timestep exactly as LayerCache's model hook finds them."""
+
+    def __init__(self, state_manager, schedule: Schedule, timestep_per_sigma: float):
+        super().__init__(state_manager, schedule, Telemetry(1, enabled=False), timestep_per_sigma)
+
+    def new_forward(self, module, *args, **kwargs):
+        own_context = self.state_manager._context is None
+        if own_context:
+            self.state_manager.set_context(CacheContext("default"))
+        try:
+            if kwargs.get("skip_layers") is not None:  # SD3 skip-layer guidance: an extra call, run it as is
+                return self.fn_ref.original_forward(*args, **kwargs)
+            state = self.state_manager.get_state()
+            timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
+            sigma = float(timestep.flatten()[0]) / self.timestep_per_sigma
+            step = self._step_of(sigma)
+            if step != state.step + 1:
+                state.reset()
+            state.step = step
+            cell = self.schedule.cells[step][0]
+            if cell.compute or not state.outputs:
+                output = self.fn_ref.original_forward(*args, **kwargs)
+                velocity = output[0] if isinstance(output, tuple) else output.sample
+            else:
+                sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
+                velocity = predict("mean", list(state.outputs), list(state.sigmas), sigma, sigma_next, cell.k)
+                output = Transformer2DModelOutput(sample=velocity) if kwargs.get("return_dict", True) else (velocity,)
+            state.sigmas.append(sigma)
+            state.outputs.append(velocity)
+            return output
+        finally:
+            if own_context:
+                self.state_manager.set_context(None)
+
+
+_MEANCACHE_HOOK = "meancache"
+
+
+def apply_meancache(transformer, schedule: Schedule) -> None:
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(_MEANCACHE_HOOK) is not None:
+        raise ValueError("MeanCache is already enabled on this transformer")
+    state_manager = StateManager(MeanCacheState, (max(schedule.max_k, 1),))
+    hook = MeanCacheHook(state_manager, schedule, model_spec(transformer)["timestep_per_sigma"])
+    registry.register_hook(hook, _MEANCACHE_HOOK)
+
+
+def remove_meancache(transformer) -> None:
+    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(_MEANCACHE_HOOK, recurse=False)
+
+
+def _meancache(ctx, budget):
+    schedule = meancache_schedule(ctx.calibration(4), budget)
+    point = OperatingPoint("meancache", budget, lambda pipe: apply_meancache(pipe.transformer, schedule),
+                           lambda pipe: remove_meancache(pipe.transformer), schedule.num_steps,
+                           schedule.compute_fraction)
+    point.params = {"computed_steps": schedule.meta["computed_steps"],
+                    "k": sorted({row[0].k for row in schedule.cells if not row[0].compute})}
+    return point
+
+
+# ---------------------------------------------------------------- diffusers peers
+
+FBC_THRESHOLDS = tuple(float(t) for t in np.geomspace(0.01, 1.5, 10))
+
+
+def _fbc_sweep(ctx) -> list[tuple[float, float]]:
+    """(threshold, realized compute fraction) on the first calibration call, for a grid of thresholds."""
+    from diffusers import FirstBlockCacheConfig
+
+    reference = ctx.run_tuning()
+    sweep = []
+    for threshold in FBC_THRESHOLDS:
+        ctx.pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+        try:
+            sweep.append((threshold, ctx.run_tuning() / reference))
+        finally:
+            ctx.pipe.transformer.disable_cache()
+        ctx.log(f"fbcache threshold {threshold:.4f}: compute {sweep[-1][1]:.3f} (calibration inputs)")
+    return sweep
+
+
+def _fbcache(ctx, budget):
+    """FirstBlockCache skips the rest of the stack when the first block's residual changed by less than
+    a threshold, so compute is only known after the fact. The threshold is interpolated (log scale) in a
+    sweep measured on a calibration input; the realized fraction on the evaluation inputs is reported.
+    The first block always runs, so b < 1/12 is out of its reach on the bundled model."""
+    from diffusers import FirstBlockCacheConfig
+
+    sweep = ctx.memo("fbc_sweep", lambda: _fbc_sweep(ctx))
+    threshold = _interpolate_threshold(sweep, budget)
+    tuned = dict(sweep).get(threshold)
+    return _with_diffusers_cache("fbcache", budget, FirstBlockCacheConfig(threshold=threshold), None,
+                                 {"threshold": threshold, "tuning_fraction": tuned})
+
+
+def _interpolate_threshold(sweep, budget: float) -> float:
+    """Threshold at which the measured fraction crosses `budget` (fractions fall as thresholds grow)."""
+    points = sorted(sweep)
+    for (t0, f0), (t1, f1) in zip(points, points[1:]):
+        if f0 >= budget >= f1 and f0 > f1:
+            w = (f0 - budget) / (f0 - f1)
+            return float(math.exp(math.log(t0) + w * (math.log(t1) - math.log(t0))))
+    return min(points, key=lambda p: abs(p[1] - budget))[0]
+
+
+def magcache_ratios(ctx) -> list[float]:
+    """MagCache's own calibration mode on the calibration inputs: it prints one ratio list per run and
+    CFG branch; we read them off and average them."""
+    from diffusers import MagCacheConfig
+
+    printed = io.StringIO()
+    ctx.pipe.transformer.enable_cache(MagCacheConfig(calibrate=True, num_inference_steps=ctx.num_steps))
+    try:
+        with contextlib.redirect_stdout(printed):
+            for call in ctx.calibration_calls:
+                ctx.pipe(**_call_kwargs(call), num_inference_steps=ctx.num_steps, output_type="latent")
+    finally:
+        ctx.pipe.transformer.disable_cache()
+    lists = [[float(x) for x in m.split(",")] for m in re.findall(r"^\[([^\]]*)\]$", printed.getvalue(), re.M)]
+    lists = [r for r in lists if len(r) == ctx.num_steps]
+    if not lists:
+        raise ValueError("MagCache calibration printed no ratios; the diffusers MagCache API may have changed")
+    return np.mean(lists, axis=0).tolist()
+
+
+def magcache_computed_steps(ratios, threshold, max_skip_steps, retention_ratio, num_steps) -> int:
+    """How many steps diffusers' MagCache computes: its decisions depend only on the ratios and
+    settings, never on the run's data, so they can be replayed here exactly (mirrors MagCacheHeadHook)."""
+    retention_step = int(retention_ratio * num_steps + 0.5)
+    acc_ratio, acc_steps, acc_err, computed = 1.0, 0, 0.0, 0
+    for step in range(num_steps):
+        compute = True
+        if step >= retention_step:
+            acc_ratio *= ratios[step]
+            acc_steps += 1
+            acc_err += abs(1.0 - acc_ratio)
+            if computed > 0 and acc_err <= threshold and acc_steps <= max_skip_steps:
+                compute = False
+            else:
+                acc_ratio, acc_steps, acc_err = 1.0, 0, 0.0
+        computed += compute
+    return computed
+
+
+def _magcache(ctx, budget):
+    """Threshold found by bisection so MagCache computes round(N·b) steps, with diffusers' defaults
+    (retention 0.2, at most 3 skips in a row); where those cannot reach b, max_skip_steps is raised
+    to the smallest value that can."""
+    from diffusers import MagCacheConfig
+
+    ratios = ctx.memo("mag_ratios", lambda: magcache_ratios(ctx))
+    n, target, retention = ctx.num_steps, steps_for(budget, ctx.num_steps), 0.2
+    max_skip = 3
+    while magcache_computed_steps(ratios, 1e9, max_skip, retention, n) > target and max_skip < n:
+        max_skip += 1
+    lo, hi, best = -12.0, 6.0, None           # log10 threshold
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        count = magcache_computed_steps(ratios, 10 ** mid, max_skip, retention, n)
+        if best is None or abs(count - target) < abs(best[1] - target) or \
+                (abs(count - target) == abs(best[1] - target) and count > best[1]):
+            best = (10 ** mid, count)
+        lo, hi = (mid, hi) if count > target else (lo, mid)
+    threshold, count = best
+    config = MagCacheConfig(threshold=threshold, max_skip_steps=max_skip, retention_ratio=retention,
+                            num_inference_steps=n, mag_ratios=ratios)
+    return _with_diffusers_cache("magcache", budget, config, count / n,
+                                 {"threshold": threshold, "max_skip_steps": max_skip, "retention_ratio": retention})
+
+
+def taylorseer_computed_steps(interval: int, warmup: int, num_steps: int) -> int:
+    """Steps diffusers' TaylorSeer computes (mirrors TaylorSeerCacheHook._measure_should_compute)."""
+    return sum(s < warmup or (s - warmup - 1) % interval == 0 for s in range(num_steps))
+
+
+def _taylorseer(ctx, budget):
+    """TaylorSeer (first order, fp32 factors) on every whole block, so a predicted step runs no block.
+    It computes the first `warm-up` steps, then one step in `interval`; of the (interval, warm-up)
+    pairs that compute round(N·b) steps, the one with the shortest interval (most frequent refresh)."""
+    from diffusers import TaylorSeerCacheConfig
+
+    n, target = ctx.num_steps, steps_for(budget, ctx.num_steps)
+    pairs = [(abs(taylorseer_computed_steps(i, w, n) - target), i, -w) for i in range(1, n + 1)
+             for w in range(1, n + 1)]
+    _, interval, warmup = min(pairs)
+    warmup = -warmup
+    config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1,
+                                   taylor_factors_dtype=torch.float32,
+                                   cache_identifiers=[r"transformer_blocks\.\d+"])
+    planned = taylorseer_computed_steps(interval, warmup, n) / n
+    return _with_diffusers_cache("taylorseer", budget, config, planned,
+                                 {"cache_interval": interval, "disable_cache_before_step": warmup})
+
+
+# ---------------------------------------------------------------- trivial baselines
+
+def _fewer_steps(ctx, budget):
+    steps = steps_for(budget, ctx.num_steps)
+    return OperatingPoint("fewer-steps", budget, lambda pipe: None, lambda pipe: None, steps,
+                          steps / ctx.num_steps, {"steps": steps})
+
+
+METHODS = {m.name: m for m in [
+    Method("layercache", "greedy (step, group, K) plan, 4 groups", _layercache),
+    Method("layercache-k1", "ablation: K fixed to 1 (no JVP)", _layercache_k1),
+    Method("layercache-g1", "ablation: a single group", _layercache_g1),
+    Method("layercache-uniform", "ablation: evenly spread reuse, no greedy allocator", _layercache_uniform),
+    Method("meancache", "whole-model MeanCache, DP schedule", _meancache),
+    Method("fbcache", "diffusers FirstBlockCache", _fbcache),
+    Method("taylorseer", "diffusers TaylorSeer (whole blocks)", _taylorseer),
+    Method("magcache", "diffusers MagCache (calibrated ratios)", _magcache),
+    Method("fewer-steps", "uncached with round(N·b) steps", _fewer_steps),
+    Method("fixed-interval", "every group recomputed every I steps, plain reuse", _fixed_interval),
+]}
+
+
+def prepare(name: str, ctx: BenchContext, budget: float) -> OperatingPoint:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
+    point = METHODS[name].prepare(ctx, check_budget(budget))
+    if point.num_inference_steps is None:
+        point.num_inference_steps = ctx.num_steps
+    return point

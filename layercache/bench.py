@@ -1,0 +1,369 @@
+"""The quality–speed benchmark: every method at every budget on the same evaluation set, one run.
+
+    python -m layercache bench --model tiny --methods all --budgets 0.73,0.5,0.333 --seeds 100-119 \
+        --steps 50 --out results.json --html pareto.html --png pareto.png --repeats 3
+    accelerate launch --cpu --num_processes 2 -m layercache bench ...   # the seeds split across processes
+
+Each image is compared with the uncached image for the same seed (PSNR capped at 100 dB so that means
+stay finite; SSIM; LPIPS only where its weights exist), and read by the independent digit classifier
+(`fidelity` = its accuracy against the requested digit). Compute fraction = block multiply-adds that
+really ran / those of the uncached run (baselines.ComputeCounter). Wall-clock speed-up = uncached time /
+cached time of a one-image call, the two timed alternately in the same process, median of the repeats.
+
+Seeds are cut into fixed batches of `--batch` images and whole batches are dealt to processes, so every
+image is generated in the same batch whatever the number of processes: the merged per-image metrics
+equal a single-process run's. Batch-level caches (FirstBlockCache) decide per batch, as they would in
+any batched use.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PSNR_CAP = 100.0
+DEFAULT_BUDGETS = "0.73,0.5,0.333"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'100-119' or '100,101,105' (or a mix) -> sorted unique seeds."""
+    seeds = set()
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"--seeds takes a range like 100-119 or a comma list of seeds >= 0, got {text!r}")
+        lo, hi = int(lo), int(hi) if sep else int(lo)
+        if hi < lo:
+            raise ValueError(f"--seeds range {part!r} is empty (end before start)")
+        seeds.update(range(lo, hi + 1))
+    if not seeds:
+        raise ValueError(f"--seeds gave no seeds ({text!r}); give a range like 100-119 or a comma list")
+    return sorted(seeds)
+
+
+def parse_budgets(text: str) -> list[float]:
+    budgets = []
+    for part in (p.strip() for p in str(text).split(",") if p.strip()):
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--budgets takes numbers in (0, 1], got {part!r}") from None
+        if not (0 < value <= 1):
+            raise ValueError(f"budget {part} is outside (0, 1]: it is the fraction of block compute to execute")
+        budgets.append(value)
+    if not budgets:
+        raise ValueError("--budgets is empty; give a comma list such as 0.73,0.5,0.333")
+    return sorted(set(budgets), reverse=True)
+
+
+def parse_methods(text: str) -> list[str]:
+    from .baselines import METHODS
+
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    if names == ["all"]:
+        return list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: all, {', '.join(METHODS)}")
+    if not names:
+        raise ValueError("--methods is empty; give a comma list or 'all'")
+    return list(dict.fromkeys(names))
+
+
+def _writable(path, flag):
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {Path(path).resolve().parent} does not exist")
+
+
+def validate(args) -> dict:
+    """Checks every argument before any model work; returns the parsed settings. Raises ValueError."""
+    from .models.registry import get_entry
+    from .models.tiny.sets import CALIBRATION_SEEDS
+
+    entry = get_entry(args.model)
+    if not entry.bundled:
+        raise ValueError(f"bench runs the bundled model only (its evaluation set, classifier and calibrations "
+                         f"are bundled); {args.model!r} is not supported yet")
+    methods, budgets, seeds = parse_methods(args.methods), parse_budgets(args.budgets), parse_seeds(args.seeds)
+    overlap = sorted(set(seeds) & set(CALIBRATION_SEEDS))
+    if overlap:
+        raise ValueError(f"seeds {overlap} are calibration seeds; evaluate on other seeds (e.g. 100-119)")
+    if isinstance(args.steps, bool) or not 2 <= args.steps <= 1000:
+        raise ValueError(f"--steps must be from 2 to 1000, got {args.steps}")
+    if args.repeats < 0:
+        raise ValueError(f"--repeats must be >= 0 (0 skips timing), got {args.repeats}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    for path, flag in ((args.out, "--out"), (args.html, "--html"), (args.png, "--png")):
+        _writable(path, flag)
+    return {"methods": methods, "budgets": budgets, "seeds": seeds}
+
+
+ARGUMENTS = [
+    (("--model",), {"default": "tiny", "help": "model key (default: %(default)s; only the bundled model for now)"}),
+    (("--methods",), {"default": "all", "help": "comma list of methods, or 'all' (default: %(default)s)"}),
+    (("--budgets",), {"default": DEFAULT_BUDGETS, "help": "comma list of compute budgets in (0, 1] "
+                                                          "(default: %(default)s)"}),
+    (("--seeds",), {"default": "100-119", "help": "evaluation seeds: a range 100-119 or a comma list "
+                                                  "(default: %(default)s)"}),
+    (("--steps",), {"type": int, "default": 50, "help": "denoising steps (default: %(default)s)"}),
+    (("--repeats",), {"type": int, "default": 3, "help": "timed pairs per operating point; 0 skips timing "
+                                                         "(default: %(default)s)"}),
+    (("--batch",), {"type": int, "default": 10, "help": "images per pipeline call (default: %(default)s)"}),
+    (("--out",), {"required": True, "help": "results JSON to write"}),
+    (("--html",), {"default": None, "help": "Plotly Pareto figure (HTML) to write"}),
+    (("--png",), {"default": None, "help": "the same figure as PNG (needs kaleido and a Chromium)"}),
+]
+
+
+# ---------------------------------------------------------------- measuring
+
+def _images(pipe, seeds, steps):
+    from .models.tiny.sets import eval_call
+
+    return pipe(**eval_call(seeds), num_inference_steps=steps, output_type="pt").images.float().cpu()
+
+
+def _timed(pipe, seed, steps) -> float:
+    start = time.perf_counter()
+    _images(pipe, [seed], steps)
+    return time.perf_counter() - start
+
+
+def measure(pipe, ctx, points, batches, repeats, progress) -> tuple[list, list]:
+    """This process's share: per-image records and per-(point, process) timing/compute records."""
+    from .baselines import ComputeCounter
+    from .metrics import lpips, psnr, ssim
+    from .models.tiny.classifier import classify, load_classifier
+
+    classifier = load_classifier()
+    steps = ctx.num_steps
+    reference, ref_macs = [], 0
+    for batch in batches:
+        with ComputeCounter(pipe.transformer) as counter:
+            reference.append(_images(pipe, batch, steps))
+        ref_macs += counter.macs
+    images, points_out = [], []
+    labels = [[s % 10 for s in batch] for batch in batches]
+    reference_hits = [(classify(classifier, ref) == _t(lab)).tolist() for ref, lab in zip(reference, labels)]
+    for batch, lab, hits in zip(batches, labels, reference_hits):
+        for seed, hit in zip(batch, hits):
+            images.append({"method": "uncached", "budget": 1.0, "seed": seed, "psnr": PSNR_CAP, "ssim": 1.0,
+                           "lpips": 0.0, "lpips_reason": None, "correct": bool(hit)})
+    for point in points:
+        macs = 0
+        point.attach(pipe)
+        try:
+            for batch, ref, lab in zip(batches, reference, labels):
+                with ComputeCounter(pipe.transformer) as counter:
+                    out = _images(pipe, batch, point.num_inference_steps)
+                macs += counter.macs
+                perceptual, reason = lpips(out, ref)
+                perceptual = perceptual.tolist() if perceptual is not None else [None] * len(batch)
+                for seed, p, s, lp, hit in zip(batch, psnr(out, ref).tolist(), ssim(out, ref).tolist(), perceptual,
+                                               (classify(classifier, out) == _t(lab)).tolist()):
+                    images.append({"method": point.method, "budget": point.budget, "seed": seed,
+                                   "psnr": min(p, PSNR_CAP), "ssim": s, "lpips": lp, "lpips_reason": reason,
+                                   "correct": bool(hit)})
+        finally:
+            point.detach(pipe)
+        ratios = []
+        if batches:
+            for _ in range(repeats):   # alternate uncached and cached one-image calls
+                t_ref = _timed(pipe, batches[0][0], steps)
+                point.attach(pipe)
+                try:
+                    t_cached = _timed(pipe, batches[0][0], point.num_inference_steps)
+                finally:
+                    point.detach(pipe)
+                ratios.append(t_ref / t_cached)
+        points_out.append({"method": point.method, "budget": point.budget, "macs": macs, "ref_macs": ref_macs,
+                           "ratios": ratios})
+        progress()
+    return images, points_out
+
+
+def _t(values):
+    import torch
+
+    return torch.tensor(values)
+
+
+def summarize(images: list, timings: list, points: list) -> list[dict]:
+    """One record per (method, budget), from everyone's per-image and timing records."""
+    from .metrics import LPIPS_UNAVAILABLE
+
+    records = []
+    keys = [("uncached", 1.0)] + [(p.method, p.budget) for p in points]
+    for method, budget in keys:
+        mine = [r for r in images if r["method"] == method and r["budget"] == budget]
+        timed = [t for t in timings if t["method"] == method and t["budget"] == budget]
+        ratios = [r for t in timed for r in t["ratios"]]
+        ref_macs = sum(t["ref_macs"] for t in timed)
+        point = next((p for p in points if (p.method, p.budget) == (method, budget)), None)
+        record = {
+            "method": method, "budget": budget,
+            "psnr": statistics.fmean(r["psnr"] for r in mine),
+            "ssim": statistics.fmean(r["ssim"] for r in mine),
+            "lpips": None, "lpips_reason": None,
+            "fidelity": statistics.fmean(r["correct"] for r in mine),
+            "compute_fraction": sum(t["macs"] for t in timed) / ref_macs if ref_macs else 1.0,
+            "speedup_wall": statistics.median(ratios) if ratios else (1.0 if method == "uncached" else None),
+            "speedup_ideal": None, "n": len(mine), "timing_repeats": len(ratios),
+            "planned_fraction": point.planned_fraction if point else 1.0,
+            "params": point.params if point else {},
+            "per_image": sorted(({k: r[k] for k in ("seed", "psnr", "ssim", "correct")} for r in mine),
+                                key=lambda r: r["seed"]),
+        }
+        perceptual = [r["lpips"] for r in mine]
+        if method != "uncached" and None in perceptual:   # never a silent zero
+            reasons = [r["lpips_reason"] for r in mine if r["lpips_reason"]]
+            record["lpips_reason"] = reasons[0] if reasons else LPIPS_UNAVAILABLE
+        elif mine:
+            record["lpips"] = statistics.fmean(perceptual)
+        record["speedup_ideal"] = 1 / record["compute_fraction"] if record["compute_fraction"] > 0 else None
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------- figure
+
+def pareto_figure(records: list):
+    """PSNR against wall-clock speed-up (left) and against ideal speed-up = 1 / compute fraction (right)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=("PSNR vs wall-clock speed-up (this machine)",
+                                        "PSNR vs compute speed-up (1 / compute fraction)"))
+    methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "uncached"))
+    palette = ["#d62728", "#ff9896", "#e377c2", "#f7b6d2", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e",
+               "#7f7f7f", "#8c564b", "#17becf", "#bcbd22"]
+    for index, method in enumerate(methods):
+        rows = sorted((r for r in records if r["method"] == method), key=lambda r: -r["budget"])
+        style = dict(color=palette[index % len(palette)], width=3 if method == "layercache" else 1.5)
+        hover = [f"{method}<br>budget {r['budget']:g}, compute {r['compute_fraction']:.3f}<br>PSNR {r['psnr']:.2f} dB,"
+                 f" SSIM {r['ssim']:.4f}<br>fidelity {r['fidelity']:.3f}" for r in rows]
+        for col, key in ((1, "speedup_wall"), (2, "speedup_ideal")):
+            fig.add_trace(go.Scatter(x=[r[key] for r in rows], y=[r["psnr"] for r in rows], mode="lines+markers",
+                                     name=method, legendgroup=method, showlegend=col == 1, line=style,
+                                     hovertext=hover, hoverinfo="text"), row=1, col=col)
+    fig.update_xaxes(title_text="speed-up ×")
+    fig.update_yaxes(title_text="PSNR vs uncached (dB)", row=1, col=1)
+    fig.update_layout(width=1300, height=560, template="plotly_white", title="LayerCache benchmark: quality vs speed")
+    return fig
+
+
+def write_figure(records, html=None, png=None):
+    fig = pareto_figure(records)
+    if html:
+        fig.write_html(html, include_plotlyjs="cdn")
+    if png:
+        import os
+        import shutil
+
+        if shutil.which("chromium"):
+            os.environ.setdefault("BROWSER_PATH", shutil.which("chromium"))
+        try:
+            fig.write_image(png, scale=1)
+        except Exception as err:   # kaleido missing, or no browser for it
+            raise ValueError(f"cannot write {png}: {type(err).__name__}: {str(err).splitlines()[0]} "
+                             f"(pip install kaleido; it needs Chromium)") from None
+
+
+# ---------------------------------------------------------------- the command
+
+def run(args) -> list[dict]:
+    settings = validate(args)
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+    from tqdm import tqdm
+
+    from .baselines import BenchContext, prepare
+    from .models.registry import load_pipeline, shipped_calibration
+    from .models.tiny.sets import calibration_calls
+    from .speed import machine
+
+    state = PartialState()
+    main = state.is_main_process
+    log = (lambda message: tqdm.write(message, file=sys.stderr)) if main else (lambda message: None)
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    shipped = {g: shipped_calibration(args.model, args.steps, g) for g in (1, 4)}
+    ctx = BenchContext(pipe, args.steps, calibration_calls(), {g: p for g, p in shipped.items() if p.is_file()},
+                       log=log)
+    seeds = settings["seeds"]
+    batches = [seeds[i:i + args.batch] for i in range(0, len(seeds), args.batch)]
+    plan = [(m, b) for m in settings["methods"] for b in settings["budgets"]]
+    bar = tqdm(total=2 * len(plan), desc="bench", file=sys.stderr, disable=not main, dynamic_ncols=True)
+    points, skipped = [], []
+    for method, budget in plan:   # every process prepares the same points (deterministic)
+        bar.set_postfix_str(f"prepare {method} {budget:g}")
+        try:
+            points.append(prepare(method, ctx, budget))
+        except ValueError as err:   # e.g. a budget the method cannot reach: say so, measure the rest
+            skipped.append({"method": method, "budget": budget, "reason": str(err)})
+            log(f"skipped {method} at budget {budget:g}: {err}")
+            bar.update()
+        bar.update()
+    started = time.time()
+    with state.split_between_processes(batches) as mine:
+        images, timings = measure(pipe, ctx, points, list(mine), args.repeats, bar.update)
+    bar.close()
+    images, timings = gather_object(images), gather_object(timings)
+    if not main:
+        return []
+    records = summarize(images, timings, points)
+    command = (f"python -m layercache bench --model {args.model} --methods {','.join(settings['methods'])} "
+               f"--budgets {','.join(f'{b:g}' for b in settings['budgets'])} --seeds {args.seeds} --steps {args.steps} "
+               f"--repeats {args.repeats} --batch {args.batch} --out {args.out}"
+               + (f" --html {args.html}" if args.html else "") + (f" --png {args.png}" if args.png else ""))
+    result = {"meta": {"command": command, "model": args.model, "steps": args.steps, "seeds": seeds,
+                       "batch": args.batch, "repeats": args.repeats, "processes": state.num_processes,
+                       "machine": machine(), "measure_seconds": round(time.time() - started, 1),
+                       "psnr_cap_db": PSNR_CAP, "notes": ctx.notes, "skipped": skipped,
+                       "speedup_wall": "uncached / cached time of one-image calls, alternated in one process, "
+                                       "median over repeats (and processes)"},
+              "records": records}
+    Path(args.out).write_text(json.dumps(result, indent=1, default=_json_default))
+    if args.html or args.png:
+        write_figure(records, args.html, args.png)
+    print(table(records))
+    return records
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def table(records: list) -> str:
+    lines = [f"{'method':20s} {'budget':>6s} {'compute':>7s} {'PSNR':>7s} {'SSIM':>7s} {'fid.':>5s} {'wall×':>6s}"]
+    for r in records:
+        wall = f"{r['speedup_wall']:.2f}" if r["speedup_wall"] is not None else "-"
+        lines.append(f"{r['method']:20s} {r['budget']:6.3f} {r['compute_fraction']:7.3f} {r['psnr']:7.2f} "
+                     f"{r['ssim']:7.4f} {r['fidelity']:5.2f} {wall:>6s}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m layercache.bench", description=__doc__.splitlines()[0])
+    for flags, kwargs in ARGUMENTS:
+        parser.add_argument(*flags, **kwargs)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ValueError as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
