@@ -156,7 +156,7 @@ def stop():
 def on_model(model):
     entry = MODELS[model]
     ok, reason = availability(model)
-    note = f"{'✅' if ok else '⛔'} {reason}. Prompt: {entry.prompt_hint}."
+    note = f"{'Available' if ok else '**Unavailable**'}: {reason}. Prompt: {entry.prompt_hint}."
     return note, gr.update(value=entry.default_steps), gr.update(value=entry.default_guidance)
 
 
@@ -191,14 +191,14 @@ def build_demo() -> gr.Blocks:
                     "what the cache did.")
         with gr.Accordion("How to read this", open=False):
             gr.Markdown(HOW_TO_READ)
-        with gr.Row():
+        with gr.Tab("Compare"), gr.Row():
             with gr.Column(scale=1, min_width=300):
                 model = gr.Dropdown(model_choices(), value=d["model"], label="Model")
                 model_note = gr.Markdown(on_model(d["model"])[0])
                 prompt = gr.Textbox(d["prompt"], label="Prompt", placeholder=MODELS[d["model"]].prompt_hint)
                 with gr.Row():
                     seed = gr.Number(d["seed"], label="Seed", precision=0, minimum=0)
-                    steps = gr.Slider(2, MAX_STEPS, d["steps"], step=1, label="Steps")
+                    steps = gr.Slider(2, MAX_STEPS, d["steps"], step=1, label="Steps", elem_id="steps")
                 guidance = gr.Slider(1.0, 10.0, d["guidance"], step=0.5, label="Guidance")
                 method = gr.Dropdown(list(METHODS), value=d["method"], label="Cached lane's method")
                 budget = gr.Slider(0.1, 1.0, d["budget"], step=0.01, label="Compute budget (fraction of blocks run)")

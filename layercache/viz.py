@@ -15,9 +15,9 @@ _LAYOUT = dict(uirevision=UIREVISION, height=260, margin=dict(l=60, r=10, t=40, 
                xaxis_title="step", yaxis_title="group (0 = shallow)")
 
 HEATMAPS = {  # key: (title, colour scale, colour range, hover label)
-    "velocity": ("Per-group velocity change ‖ΔΔ‖₁/‖Δ‖₁", "Viridis", None, "change"),
-    "computed": ("Computed (1) or reused (0)", [[0, "#f4a261"], [1, "#2a9d8f"]], (0, 1), "computed"),
-    "k": ("Chosen K of reused groups", "Blues", (0, 4), "K"),
+    "velocity": ("Velocity change per group", "Viridis", None, "change"),
+    "computed": ("Computed (1) / reused (0)", [[0, "#f4a261"], [1, "#2a9d8f"]], (0, 1), "computed"),
+    "k": ("Chosen K (reused cells)", "Blues", (0, 4), "K"),
 }
 
 

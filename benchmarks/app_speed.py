@@ -1,0 +1,91 @@
+"""How fast the app feels on this machine: time from Run to the first streamed step, and to the end of a
+default run (both lanes, defaults from space.yaml), through a real `python app.py` server and gradio_client.
+
+    python benchmarks/app_speed.py [--repeats 5] [--url http://127.0.0.1:7860/]
+
+Without --url it starts the app on a free port (warm-up included, as a user would find it) and stops it after.
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"app.py exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("app.py did not start within 300 s")
+
+
+def one_run(client, args) -> tuple[float, float, dict]:
+    start = time.perf_counter()
+    first = None
+    for out in client.submit(*args, api_name="/run"):
+        if first is None and out[0].startswith("**Step"):
+            first = time.perf_counter() - start
+    return first, time.perf_counter() - start, out[6]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--url", default=None, help="a running app (default: start one)")
+    a = ap.parse_args(argv)
+    from gradio_client import Client
+
+    from layercache.space import defaults
+    from layercache.speed import machine
+
+    d = defaults()
+    args = (d["model"], d["prompt"], d["seed"], d["steps"], d["guidance"], d["budget"], d["groups"], d["max_k"],
+            d["method"], d["fbc_threshold"])
+    proc, url = (None, a.url) if a.url else start_app()
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        one_run(client, args)  # untimed: the first request also opens the client's connection
+        results = [one_run(client, args) for _ in range(a.repeats)]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    firsts, totals = [r[0] for r in results], [r[1] for r in results]
+    m = results[-1][2]
+    print(f"machine: {machine()} (the app itself uses LAYERCACHE_THREADS, default 1, on a CPU); load average {os.getloadavg()[0]:.1f} (other work shares these cores)")
+    print(f"default run: {d['steps']} steps, both lanes, {d['method']} at budget {d['budget']}, {d['groups']} groups")
+    print(f"first streamed step after Run: median {statistics.median(firsts):.2f} s "
+          f"(min {min(firsts):.2f}, max {max(firsts):.2f}; {a.repeats} runs)   target < 1 s")
+    print(f"whole default run:             median {statistics.median(totals):.2f} s "
+          f"(min {min(totals):.2f}, max {max(totals):.2f})   target < 10 s")
+    print(f"last run: lanes uncached {m['time_uncached_s']} s, cached {m['time_cached_s']} s; "
+          f"PSNR {m['psnr_db']} dB, wall speed-up {m['wall_speedup']}x, compute speed-up {m['compute_speedup']}x")
+
+
+if __name__ == "__main__":
+    main()
