@@ -1,8 +1,7 @@
 """Run the uncached and the cached sampler side by side, in lockstep, and yield plain-data step events.
 
 Each lane is the real pipeline `__call__` in its own thread, parked in `callback_on_step_end` after every
-step until the controller says "go": step i of the uncached lane, then step i of the cached lane, then an
-event. Only one lane runs at a time, so each lane's clock is honest (it stops while the other lane runs and
+step until the controller says "go": step i of one lane, then step i of the other, then an event. Only one lane runs at a time, so each lane's clock is honest (it stops while the other lane runs and
 while the app draws). The cached lane has its own transformer (a deep copy, made once): cache hooks live on
 the module, so two lanes cannot share one. The cache is attached for one run and detached after it, also
 after a cancel, so nothing is left attached and no state carries over.
@@ -280,7 +279,9 @@ class _Run:
                 totals = {lane: np.zeros(self.layout.num_blocks, dtype=np.int64) for lane in LANES}
                 for step in range(self.num_steps):
                     previews, counts = {}, {}
-                    for name in LANES:
+                    # alternate which lane goes first: whatever else the process does right after an event
+                    # (a server sending it, a browser fetching images) then slows both lanes alike
+                    for name in (LANES if step % 2 == 0 else LANES[::-1]):
                         if self.cancelled.is_set():
                             return
                         lane = self.lanes[name]

@@ -110,3 +110,22 @@ def test_readme_front_matter_in_sync_with_space_yaml():
     if not readme.is_file():
         pytest.skip("README.md not written yet")
     assert space.in_sync(readme), "README front matter differs from space.yaml: paste `python -m layercache.space`"
+
+
+def test_viz_figures_keep_zoom_and_show_values():
+    import numpy as np
+
+    from layercache import viz
+
+    grids = viz.empty_grids(5, 3)
+    viz.record_step(grids, {"step": 2, "groups": [
+        {"computed": 1.0, "k": None, "velocity_change": 0.25}, {"computed": 0.0, "k": 3, "velocity_change": None},
+        {"computed": 1.0, "k": None, "velocity_change": None}]})
+    velocity, computed, k = viz.heatmaps(grids, max_k=4)
+    assert {f.layout.uirevision for f in (velocity, computed, k)} == {viz.UIREVISION}
+    assert computed.data[0].z[1][2] == 0.0 and k.data[0].z[1][2] == 3 and velocity.data[0].z[0][2] == 0.25
+    assert k.data[0].z[0][2] is None and "%{z" in k.data[0].hovertemplate
+    big = viz.to_display(np.full((32, 32), 0.5))
+    assert big.shape == (256, 256) and big.dtype == np.uint8 and big[0, 0] == 128
+    diff = viz.difference_image(np.zeros((2, 2)), np.full((2, 2), 0.01))
+    assert np.allclose(diff, 0.1)
