@@ -45,6 +45,10 @@ large K smooths noise; calibration picks K per group and step.
 step (only where it was computed); *computed/reused* shows the cache decisions (green = run, orange = reused;
 in-between = part of the group's blocks ran); *chosen K* is the predictor span used where a group was reused.
 
+**Methods.** *LayerCache* decides per group and step; *K=1* is the same plan with plain reuse only (no
+slope); *MeanCache* skips whole steps (no block runs) and extrapolates the model's output; *FirstBlockCache*
+(diffusers) runs the first block and skips the rest when its output changed less than the threshold.
+
 **Numbers.** PSNR/SSIM compare the cached image with the uncached one (same seed). *Compute speed-up* = blocks
 run uncached / blocks run cached; *wall speed-up* = uncached lane time / cached lane time (lanes take turns, so
 both clocks are honest). The difference image is |cached − uncached| × 10.

@@ -55,6 +55,25 @@ class LayerCacheMethod:
 
 
 @dataclass
+class MeanCacheMethod:
+    """Whole-model MeanCache (layercache.baselines): a cached step runs no block at all."""
+    schedule: Schedule
+    name: str = "MeanCache"
+
+    def attach(self, pipe) -> Telemetry | None:
+        from .baselines import apply_meancache
+        apply_meancache(pipe.transformer, self.schedule)
+        return None
+
+    def detach(self, pipe) -> None:
+        from .baselines import remove_meancache
+        remove_meancache(pipe.transformer)
+
+    def group_starts(self):
+        return None
+
+
+@dataclass
 class DiffusersCacheMethod:
     """A cache built into diffusers, e.g. FirstBlockCacheConfig(threshold=0.05)."""
     config: Any
@@ -323,7 +342,7 @@ class _Run:
 
 # --- what the app keeps across requests: pipelines, calibrations, schedules -----------------------------
 
-METHODS = ("LayerCache", "LayerCache, K=1 (no JVP)", "FirstBlockCache (diffusers)")
+METHODS = ("LayerCache", "LayerCache, K=1 (no JVP)", "MeanCache", "FirstBlockCache (diffusers)")
 HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
     ["a red fox in fresh snow, photograph", "an isometric city at night, neon signs", "a bowl of ramen, studio light",
      "portrait of an old fisherman, oil painting"], start=1)]
@@ -396,6 +415,9 @@ class Workbench:
         if name not in METHODS:
             raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
         cal, source = self.calibration(key, steps, groups, progress)
+        if name == "MeanCache":
+            from .baselines import meancache_schedule
+            return MeanCacheMethod(meancache_schedule(cal, budget), name), source
         if name == "LayerCache, K=1 (no JVP)":
             schedule = plan(cal, budget, max_k=1, predictors=("slope",))
         else:
