@@ -1,0 +1,33 @@
+"""The GPU benchmark script, run on the CPU with the real model classes shrunk: it must plan, hook, sample
+and report without error (its figures only mean something on a GPU)."""
+
+import pytest
+
+import layercache.bench_gpu as bench_gpu
+
+
+def test_bench_gpu_runs_end_to_end_on_small_configs(monkeypatch, capsys):
+    small = {
+        "qwen-image": dict(bench_gpu.CONFIGS["qwen-image"], text_tokens=8,
+                           config=dict(patch_size=2, in_channels=16, out_channels=4, num_layers=4,
+                                       attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                       axes_dims_rope=(4, 6, 6))),
+        "flux-dev": dict(bench_gpu.CONFIGS["flux-dev"], text_tokens=8,
+                         config=dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2,
+                                     attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                     pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6))),
+    }
+    monkeypatch.setattr(bench_gpu, "CONFIGS", small)
+    monkeypatch.setattr(bench_gpu, "IMAGE_GRID", 4)
+    monkeypatch.setattr(bench_gpu, "DEVICE", "cpu")
+    bench_gpu.main(["--steps", "8", "--groups", "2", "--budgets", "0.73,0.5"])
+    out = capsys.readouterr().out
+    for expected in ["== qwen-image", "== flux-dev", "uncached", "budget 0.73", "budget 0.5"]:
+        assert expected in out
+
+
+def test_bench_gpu_rejects_bad_input_before_building():
+    with pytest.raises(ValueError, match="unknown model"):
+        bench_gpu.main(["--models", "sdxl"])
+    with pytest.raises(ValueError, match="budget"):
+        bench_gpu.main(["--budgets", "1.5"])
