@@ -93,6 +93,17 @@ def speed(args):
     print(f"one {args.steps}-step image {cfg} (guidance {args.guidance:g}): {summarize(times)}")
 
 
+@command("LayerCache at the real models' scale on one CUDA GPU (random bf16 weights, 1024x1024)",
+         arg("--models", default="qwen-image,flux-dev"), arg("--budgets", default="0.73,0.5"),
+         arg("--steps", type=int, default=50), arg("--groups", type=int, default=6),
+         arg("--repeats", type=int, default=1))
+def bench_gpu(args):
+    from .bench_gpu import main as bench_gpu_main
+
+    bench_gpu_main(["--models", args.models, "--budgets", args.budgets, "--steps", str(args.steps),
+                    "--groups", str(args.groups), "--repeats", str(args.repeats)])
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line instead of argparse's usage block, so that every bad input looks the same."""
