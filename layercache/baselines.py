@@ -116,8 +116,9 @@ class BenchContext:
     `calibrations` {groups: Calibration or path} or computed on `calibration_calls`) and tuning results."""
 
     def __init__(self, pipe, num_steps: int, calibration_calls: list, calibrations: dict | None = None,
-                 log: Callable = lambda message: None):
+                 log: Callable = lambda message: None, fbc_thresholds=None):
         self.pipe, self.num_steps, self.calibration_calls = pipe, num_steps, calibration_calls
+        self.fbc_thresholds = tuple(fbc_thresholds or FBC_THRESHOLDS)
         self._calibrations = dict(calibrations or {})
         self._cache: dict = {}
         self.log = log
@@ -407,7 +408,7 @@ def _fbc_sweep(ctx) -> list[tuple[float, float]]:
 
     reference = ctx.run_tuning()
     sweep = []
-    for threshold in FBC_THRESHOLDS:
+    for threshold in ctx.fbc_thresholds:
         ctx.pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
         try:
             sweep.append((threshold, ctx.run_tuning() / reference))

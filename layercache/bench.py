@@ -2,7 +2,10 @@
 
     python -m layercache bench --model tiny --methods all --budgets 0.73,0.5,0.333 --seeds 100-119 \
         --steps 50 --out results.json --html pareto.html --png pareto.png --repeats 3
-    accelerate launch --cpu --num_processes 2 -m layercache bench ...   # the seeds split across processes
+    accelerate launch --multi_gpu --num_processes 2 -m layercache bench ...   # seeds split across processes
+
+On a machine without CUDA that launch starts N CPU processes talking over gloo (accelerate's `--cpu`
+flag starts one process unless MPI is set up; `torchrun --nproc_per_node N -m layercache bench` works too).
 
 Each image is compared with the uncached image for the same seed (PSNR capped at 100 dB so that means
 stay finite; SSIM; LPIPS only where its weights exist), and read by the independent digit classifier
@@ -289,7 +292,9 @@ def run(args) -> list[dict]:
     from .models.tiny.sets import calibration_calls
     from .speed import machine
 
-    state = PartialState()
+    # cpu=True: the bundled model runs on the CPU, and without it accelerate ignores a torchrun launch
+    # (`accelerate launch --multi_gpu`) on a machine without CUDA instead of using gloo
+    state = PartialState(cpu=True)
     main = state.is_main_process
     log = (lambda message: tqdm.write(message, file=sys.stderr)) if main else (lambda message: None)
     pipe = load_pipeline(args.model)

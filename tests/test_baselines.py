@@ -1,0 +1,111 @@
+"""Baselines: MeanCache's DP is exact, MeanCache with every step computed is the uncached model bit for
+bit, and every method runs on the bundled model and reports (and realizes) its compute."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from layercache.baselines import (METHODS, BenchContext, ComputeCounter, apply_meancache, magcache_computed_steps,
+                                  meancache_costs, meancache_schedule, prepare, remove_meancache,
+                                  shortest_schedule, steps_for, taylorseer_computed_steps)
+from layercache.models.tiny.sets import calibration_calls, eval_call
+
+STEPS = 6
+
+
+def _brute_force(cost, b):
+    n = cost.shape[0]
+    best = np.inf
+    for rest in itertools.combinations(range(1, n), b - 1):
+        path = [0, *rest]
+        best = min(best, sum(cost[a, c] for a, c in zip(path, path[1:] + [n])))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dp_takes_exactly_b_steps_and_is_optimal(seed):
+    rng = np.random.default_rng(seed)
+    n = 7
+    cost = np.full((n, n + 1), np.inf)
+    for a in range(n):
+        for c in range(a + 1, n + 1):
+            cost[a, c] = 0.0 if c == a + 1 else rng.random() * (c - a) ** 2
+    for b in range(1, n + 1):
+        steps = shortest_schedule(cost, b)
+        assert len(steps) == b and steps[0] == 0 and steps == sorted(set(steps))
+        total = sum(cost[a, c] for a, c in zip(steps, steps[1:] + [n]))
+        assert total == pytest.approx(_brute_force(cost, b))
+
+
+def test_dp_rejects_impossible_budgets():
+    cost = np.zeros((4, 5))
+    for b in (0, 5):
+        with pytest.raises(ValueError, match="computed steps"):
+            shortest_schedule(cost, b)
+
+
+def test_meancache_costs_are_zero_on_a_constant_trajectory():
+    outputs = np.ones((2, 5, 3), dtype=np.float32)
+    cost, _ = meancache_costs(outputs, [1.0, 0.8, 0.6, 0.4, 0.2])
+    assert np.allclose(cost[np.isfinite(cost)], 0)
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_pipe):
+    return BenchContext(tiny_pipe, STEPS, [{"label": [0, 3, 7], "seed": 1}], fbc_thresholds=(0.05, 0.2, 0.8))
+
+
+def test_meancache_schedule_has_exactly_b_computed_steps(ctx):
+    cal = ctx.calibration(4)
+    for budget in (1.0, 0.5, 0.34):
+        schedule = meancache_schedule(cal, budget)
+        computed = [i for i, row in enumerate(schedule.cells) if row[0].compute]
+        assert len(computed) == steps_for(budget, STEPS) == len(schedule.meta["computed_steps"])
+        assert computed[0] == 0
+
+
+def test_meancache_all_compute_is_bit_identical(tiny_pipe, ctx):
+    call = eval_call([100, 101])
+    reference = tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent").images
+    apply_meancache(tiny_pipe.transformer, meancache_schedule(ctx.calibration(4), 1.0))
+    try:
+        cached = tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent").images
+    finally:
+        remove_meancache(tiny_pipe.transformer)
+    assert torch.equal(cached, reference)
+
+
+def test_replays_of_diffusers_rules():
+    assert taylorseer_computed_steps(1, 3, 10) == 10
+    assert taylorseer_computed_steps(2, 3, 10) == 3 + 3          # steps 4, 6, 8 after the warm-up
+    assert magcache_computed_steps([1.0] * 10, 1.0, 3, 0.2, 10) == 2 + 2   # 8 free steps: compute 1 in 4
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_runs_and_realizes_what_it_plans(tiny_pipe, ctx, name):
+    call = eval_call([100, 101])
+    with ComputeCounter(tiny_pipe.transformer) as counter:
+        tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent")
+    reference = counter.macs
+    point = prepare(name, ctx, 0.5)
+    point.attach(tiny_pipe)
+    try:
+        with ComputeCounter(tiny_pipe.transformer) as counter:
+            images = tiny_pipe(**call, num_inference_steps=point.num_inference_steps, output_type="pt").images
+    finally:
+        point.detach(tiny_pipe)
+    realized = counter.macs / reference
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
+    assert 0 < realized < 1, f"{name} saved nothing at budget 0.5"
+    if point.planned_fraction is not None:   # planned methods must realize exactly their plan
+        assert realized == pytest.approx(point.planned_fraction, abs=1e-9)
+    assert not getattr(tiny_pipe.transformer, "is_cache_enabled", False)  # detached cleanly
+
+
+def test_unknown_method_and_bad_budget(ctx):
+    with pytest.raises(ValueError, match="unknown method"):
+        prepare("teacache", ctx, 0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        prepare("layercache", ctx, 1.5)

@@ -1,0 +1,85 @@
+"""The bench command: bad input fails fast with one line, and an accelerate run on 2 CPU processes
+merges to exactly the per-image metrics of a single-process run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from layercache import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = ["--model", "tiny", "--methods", "meancache", "--budgets", "0.5", "--seeds", "100-101", "--steps", "4"]
+
+
+def _with(flag, value):
+    args = list(GOOD)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+BAD = {
+    "unknown method": (_with("--methods", "meancache,teacache"), "unknown method"),
+    "empty methods": (_with("--methods", ","), "empty"),
+    "unknown model": (_with("--model", "sdxl"), "unknown model"),
+    "hub model": (_with("--model", "flux-dev"), "bundled model only"),
+    "budget zero": (_with("--budgets", "0.5,0"), "outside (0, 1]"),
+    "budget above one": (_with("--budgets", "1.5"), "outside (0, 1]"),
+    "budget not a number": (_with("--budgets", "half"), "numbers in (0, 1]"),
+    "empty seeds": (_with("--seeds", ""), "no seeds"),
+    "reversed range": (_with("--seeds", "119-100"), "empty"),
+    "bad seeds": (_with("--seeds", "1OO"), "range like"),
+    "calibration seeds": (_with("--seeds", "0-5"), "calibration seeds"),
+    "steps": (_with("--steps", "1"), "--steps"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_fails_before_model_work(name, tmp_path, monkeypatch, capsys):
+    import layercache.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_pipeline", lambda *a, **k: pytest.fail("model loaded before validation"))
+    argv, message = BAD[name]
+    assert bench.main([*argv, "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_bad_output_folder(tmp_path, capsys):
+    assert bench.main([*GOOD, "--out", str(tmp_path / "missing" / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_parsers():
+    assert bench.parse_seeds("100-102,105, 101") == [100, 101, 102, 105]
+    assert bench.parse_budgets("0.5,1,0.5") == [1.0, 0.5]
+    assert bench.parse_methods("all")[0] == "layercache"
+
+
+def _run(prefix, out, env):
+    args = [*prefix, "-m", "layercache.bench", "--methods", "meancache,taylorseer", "--budgets", "0.5",
+            "--seeds", "100-103", "--steps", "4", "--batch", "2", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_accelerate_processes_merge_to_the_single_process_result(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    single = _run([sys.executable], tmp_path / "one.json", env)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    double = _run(launch, tmp_path / "two.json", env)
+    assert single["meta"]["processes"] == 1 and double["meta"]["processes"] == 2
+    assert [(r["method"], r["budget"]) for r in single["records"]] == \
+           [(r["method"], r["budget"]) for r in double["records"]]
+    for one, two in zip(single["records"], double["records"]):
+        assert one["n"] == two["n"] == 4
+        assert one["per_image"] == two["per_image"]         # same batches, same threads: identical numbers
+        assert one["compute_fraction"] == pytest.approx(two["compute_fraction"])
+        if one["method"] != "uncached":
+            assert one["timing_repeats"] == 1 and two["timing_repeats"] == 2   # one timed pair per process
+            assert one["lpips"] is None and one["lpips_reason"]
