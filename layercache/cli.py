@@ -8,6 +8,7 @@ stderr and exits with status 2, never a traceback: the functions raise ValueErro
 import argparse
 import sys
 
+from .bench import ARGUMENTS as BENCH_ARGUMENTS
 from .models.tiny.pipeline import DEFAULT_GUIDANCE, DEFAULT_WEIGHTS
 
 _COMMANDS = []  # (name, help, arguments, function), in the order they are declared
@@ -102,6 +103,14 @@ def bench_gpu(args):
 
     bench_gpu_main(["--models", args.models, "--budgets", args.budgets, "--steps", str(args.steps),
                     "--groups", str(args.groups), "--repeats", str(args.repeats)])
+
+
+@command("every caching method at every budget on the same evaluation seeds (PSNR/SSIM/fidelity vs uncached, "
+         "compute, wall-clock speed-up): results JSON and a Pareto figure", *BENCH_ARGUMENTS)
+def bench(args):
+    from .bench import run
+
+    run(args)
 
 
 class _Parser(argparse.ArgumentParser):

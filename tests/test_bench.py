@@ -53,6 +53,12 @@ def test_bad_output_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_cli_subcommand_bad_input_is_one_line_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "layercache", "bench", "--budgets", "0", "--out", "r.json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
 def test_parsers():
     assert bench.parse_seeds("100-102,105, 101") == [100, 101, 102, 105]
     assert bench.parse_budgets("0.5,1,0.5") == [1.0, 0.5]
@@ -60,7 +66,7 @@ def test_parsers():
 
 
 def _run(prefix, out, env):
-    args = [*prefix, "-m", "layercache.bench", "--methods", "meancache,taylorseer", "--budgets", "0.5",
+    args = [*prefix, "-m", "layercache", "bench", "--methods", "meancache,taylorseer", "--budgets", "0.5",
             "--seeds", "100-103", "--steps", "4", "--batch", "2", "--repeats", "1", "--out", str(out)]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
