@@ -81,14 +81,7 @@ class LayerCacheModelHook(ModelHook):
                     return self.fn_ref.original_forward(*args, **kwargs)
                 finally:
                     state.passthrough = False
-            timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
-            sigma = float(timestep.flatten()[0]) / self.timestep_per_sigma  # the one host sync per call
-            # pipelines cast the timestep to the model dtype: in bf16 sigma is only known to ~0.4%
-            precision = torch.finfo(timestep.dtype).eps if timestep.is_floating_point() else 0.0
-            step = self._step_of(sigma, state.step + 1, max(1e-5, 2 * precision) * max(1.0, abs(sigma)))
-            if step != state.step + 1:
-                state.reset()  # a new generation, also after an exception or a cancelled run
-            state.step, state.sigma = step, sigma
+            step, sigma = self.advance(state, args, kwargs)
             state.sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
             state.row = self.schedule.cells[step]
             if self.telemetry.enabled:
@@ -98,7 +91,19 @@ class LayerCacheModelHook(ModelHook):
             if own_context:
                 self.state_manager.set_context(None)
 
-    def _step_of(self, sigma: float, expected: int, tolerance: float) -> int:
+    def advance(self, state, args, kwargs) -> tuple[int, float]:
+        """Find this call's step and sigma from its timestep; reset the state when a new generation starts."""
+        timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
+        sigma = float(timestep.flatten()[0]) / self.timestep_per_sigma  # the one host sync per call
+        # pipelines cast the timestep to the model dtype: in bf16 sigma is only known to ~0.4%
+        precision = torch.finfo(timestep.dtype).eps if timestep.is_floating_point() else 0.0
+        step = self._step_of(sigma, state.step + 1, max(1e-5, 2 * precision) * max(1.0, abs(sigma)))
+        if step != state.step + 1:
+            state.reset()  # a new generation, also after an exception or a cancelled run
+        state.step, state.sigma = step, sigma
+        return step, sigma
+
+    def _step_of(self, sigma: float, expected: int = -1, tolerance: float = 1e-5) -> int:
         sigmas = self.schedule.sigmas
         if expected < len(sigmas) and abs(sigmas[expected] - sigma) <= tolerance:
             return expected  # the step after the last one: also settles near-ties in low precision

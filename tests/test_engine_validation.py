@@ -193,3 +193,25 @@ def test_stability_summary_shape(cal):
     assert stability.shape == (4, len(cal.candidates))
     assert np.isfinite(stability).all()
     assert np.isnan(cal.velocity_change[0]).all() and np.isfinite(cal.velocity_change[1:]).all()
+
+
+def test_bf16_timesteps_find_their_steps(tiny_pipe):
+    """Pipelines cast the timestep to the model dtype; in bf16 sigma 0.98 reads as 0.980469."""
+    import copy
+
+    import numpy as np
+
+    from layercache.groups import model_id
+    from layercache.models.tiny import TinyDigitPipeline
+
+    transformer = copy.deepcopy(tiny_pipe.transformer).to(torch.bfloat16)
+    pipe = TinyDigitPipeline(transformer, tiny_pipe.label_encoder, tiny_pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    sigmas = [float(s) for s in np.linspace(1.0, 1 / 50, 50).astype(np.float32)]
+    schedule = lc.Schedule.all_compute(model_id(transformer), sigmas, partition(transformer, 4))
+    telemetry = lc.enable(pipe, schedule)
+    try:
+        pipe(label=[4], num_inference_steps=50, guidance_scale=1.0, output_type="pt")
+    finally:
+        lc.disable(pipe)
+    assert [record.step for record in telemetry.steps] == list(range(50))
