@@ -42,7 +42,7 @@ def main():
     reference = pipe(**call, num_inference_steps=args.steps, output_type="pt").images
 
     print(f"bundled model, {args.steps} steps, {args.groups} groups, {len(seeds)} evaluation images "
-          f"(seeds {seeds[0]}..{seeds[-1]}), calibration seeds {cal.meta['calls'][0]}...")
+          f"(seeds {seeds[0]}..{seeds[-1]}), calibration seeds {[c.get('seed') for c in cal.meta['calls']]}")
     print(f"{'budget':>6} {'variant':<22} {'compute':>7} {'ideal x':>7} {'PSNR dB':>8} {'min':>6} {'SSIM':>7}  "
           f"chosen predictor:K (reused cells)")
     for budget in budgets:
