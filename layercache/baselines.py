@@ -43,14 +43,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .calibrate import Calibration, _call_kwargs, calibrate
 from .groups import find_blocks, model_spec
 from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
-from .planner import check_budget, plan
+from .planner import check_budget, plan_verified
 from .predictors import predict
 from .schedule import Cell, Schedule
 from .telemetry import Telemetry
@@ -175,16 +175,22 @@ def _with_diffusers_cache(name, budget, config, planned, params) -> OperatingPoi
 
 # ---------------------------------------------------------------- LayerCache and its ablations
 
+# LayerCache and the ablations that keep its allocator are all checked end to end on the calibration
+# calls (planner.plan_verified), so that each ablation changes one thing only.
+
 def _layercache(ctx, budget):
-    return _with_schedule("layercache", budget, plan(ctx.calibration(4), budget))
+    return _with_schedule("layercache", budget,
+                          plan_verified(ctx.pipe, ctx.calibration(4), budget, ctx.calibration_calls))
 
 
 def _layercache_k1(ctx, budget):
-    return _with_schedule("layercache-k1", budget, plan(ctx.calibration(4), budget, max_k=1))
+    return _with_schedule("layercache-k1", budget,
+                          plan_verified(ctx.pipe, ctx.calibration(4), budget, ctx.calibration_calls, max_k=1))
 
 
 def _layercache_g1(ctx, budget):
-    return _with_schedule("layercache-g1", budget, plan(ctx.calibration(1), budget))
+    return _with_schedule("layercache-g1", budget,
+                          plan_verified(ctx.pipe, ctx.calibration(1), budget, ctx.calibration_calls))
 
 
 def _grid_schedule(cal: Calibration, compute: np.ndarray, pick_k: bool, meta: dict) -> Schedule:
@@ -349,12 +355,7 @@ class MeanCacheHook(LayerCacheModelHook):
             if kwargs.get("skip_layers") is not None:  # SD3 skip-layer guidance: an extra call, run it as is
                 return self.fn_ref.original_forward(*args, **kwargs)
             state = self.state_manager.get_state()
-            timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
-            sigma = float(timestep.flatten()[0]) / self.timestep_per_sigma
-            step = self._step_of(sigma)
-            if step != state.step + 1:
-                state.reset()
-            state.step = step
+            step, sigma = self.advance(state, args, kwargs)
             cell = self.schedule.cells[step][0]
             if cell.compute or not state.outputs:
                 output = self.fn_ref.original_forward(*args, **kwargs)
@@ -540,7 +541,7 @@ def _fewer_steps(ctx, budget):
 
 
 METHODS = {m.name: m for m in [
-    Method("layercache", "greedy (step, group, K) plan, 4 groups", _layercache),
+    Method("layercache", "greedy (step, group, K) plan checked end to end, 4 groups", _layercache),
     Method("layercache-k1", "ablation: K fixed to 1 (no JVP)", _layercache_k1),
     Method("layercache-g1", "ablation: a single group", _layercache_g1),
     Method("layercache-uniform", "ablation: evenly spread reuse, no greedy allocator", _layercache_uniform),

@@ -137,7 +137,7 @@ def run_config(name, budgets, steps, groups, repeats):
     cal = synthetic_calibration(transformer, sigmas, groups)
     schedules = {b: plan(cal, b) for b in budgets}
     params = sum(p.numel() for p in transformer.parameters())
-    print(f"\n== {name}: {params / 1e9:.2f}B parameters, {len(transformer.config)} config keys, "
+    print(f"\n== {name}: {params / 1e9:.2f}B parameters, "
           f"{IMAGE_GRID * IMAGE_GRID} image + {CONFIGS[name]['text_tokens']} text tokens, {steps} steps, "
           f"{len(CONFIGS[name]['branches'])} call(s)/step, {groups} groups", flush=True)
 

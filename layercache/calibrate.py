@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .groups import find_blocks, model_id, partition
+from .groups import model_id, partition
 from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
 from .predictors import PREDICTORS, predict
 from .schedule import Schedule
@@ -34,7 +34,8 @@ class Calibration:
     candidates: list        # [(predictor, K)]
     errors: np.ndarray      # (N, G, H + 1, C); errors[i, g, h, c], inf where undefined
     velocity_change: np.ndarray  # (N, G) relative L1 change of each group's residual, NaN at step 0
-    outputs: np.ndarray     # (trajectories, N, S) transformer outputs on a coordinate subset (for MeanCache)
+    outputs: np.ndarray     # (trajectories, N, S) transformer outputs on a coordinate subset (for MeanCache;
+                            # saved as float16)
     meta: dict
 
     @property
@@ -60,7 +61,7 @@ class Calibration:
                 "candidates": self.candidates, "meta": self.meta}
         with open(path, "wb") as f:  # np.savez would append .npz to a path without it
             np.savez_compressed(f, meta=np.array(json.dumps(meta)), errors=self.errors,
-                                velocity_change=self.velocity_change, outputs=self.outputs)
+                                velocity_change=self.velocity_change, outputs=self.outputs.astype(np.float16))
 
     @classmethod
     def load(cls, path) -> "Calibration":
@@ -71,6 +72,7 @@ class Calibration:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 arrays = {k: data[k] for k in ("errors", "velocity_change", "outputs")}
+                arrays["outputs"] = arrays["outputs"].astype(np.float32)  # stored as float16 to keep files small
         except Exception as err:
             raise ValueError(f"calibration file {path} is corrupt or not a calibration ({type(err).__name__})") from None
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
@@ -116,7 +118,7 @@ def _call_kwargs(call: dict) -> dict:
 
 def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, group_starts=None,
               max_horizon: int = 6, k_values=(1, 2, 3, 4), predictors=PREDICTORS, sample_size: int = 4096,
-              progress=None) -> Calibration:
+              output_sample_size: int = 512, progress=None) -> Calibration:
     """Run `pipe(**call)` uncached for every call (dicts of pipeline arguments; a "seed" becomes a
     generator), record residuals and build the error table. `progress(done, total)` is called per call."""
     if not isinstance(calls, (list, tuple)) or not calls or not all(isinstance(c, dict) for c in calls):
@@ -140,9 +142,9 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     def subset(x: torch.Tensor, key) -> torch.Tensor:
         if key not in subsets:  # the same coordinates for every group and step of a stream
             gen = torch.Generator().manual_seed(len(subsets))
-            size = x[0].numel()
-            subsets[key] = None if size <= sample_size else torch.randperm(size, generator=gen)[:sample_size]
-            subsets[key, "size"] = min(size, sample_size)
+            size, limit = x[0].numel(), output_sample_size if key == "out" else sample_size
+            subsets[key] = None if size <= limit else torch.randperm(size, generator=gen)[:limit]
+            subsets[key, "size"] = min(size, limit)
         idx = subsets[key]
         flat = x.reshape(x.shape[0], -1).float()
         return (flat if idx is None else flat[:, idx.to(flat.device)]).cpu()

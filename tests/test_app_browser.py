@@ -3,7 +3,6 @@ at assets/app_screenshot.png. Needs Debian's chromium (`apt-get install -y chrom
 `pip install playwright` (never `playwright install`: the system browser is used)."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

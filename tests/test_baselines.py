@@ -10,7 +10,7 @@ import torch
 from layercache.baselines import (METHODS, BenchContext, ComputeCounter, apply_meancache, magcache_computed_steps,
                                   meancache_costs, meancache_schedule, prepare, remove_meancache,
                                   shortest_schedule, steps_for, taylorseer_computed_steps)
-from layercache.models.tiny.sets import calibration_calls, eval_call
+from layercache.models.tiny.sets import eval_call
 
 STEPS = 6
 

@@ -215,3 +215,15 @@ def test_bf16_timesteps_find_their_steps(tiny_pipe):
     finally:
         lc.disable(pipe)
     assert [record.step for record in telemetry.steps] == list(range(50))
+
+
+def test_plan_verified_keeps_the_best_cap_on_calibration_calls(tiny_pipe, cal):
+    from layercache.planner import plan_verified
+
+    calls = [{"label": [1, 7], "seed": 5}]
+    schedule = plan_verified(tiny_pipe, cal, 0.6, calls)
+    tried = schedule.meta["verified"]["calibration_mse"]
+    assert set(tried) <= {"max_reuse=2", "max_reuse=3", "max_reuse=4"} and tried
+    assert schedule.meta["max_reuse"] == int(min(tried, key=tried.get).split("=")[1])
+    assert 0.6 - max(cal.group_costs) < schedule.compute_fraction <= 0.6 + 1e-9
+    assert untouched(tiny_pipe)
