@@ -4,7 +4,8 @@
 
 50 steps, default guidance; calibration = the shipped one (seeds 1-2, every label), evaluation seeds
 from 100 (label = seed % 10): disjoint. Compares the full planner (slope and MeanCache-style
-predictors, K up to 4) with plain reuse (K = 1 only), the ablation that shows what the JVP correction buys.
+predictors, K up to 4) with plain reuse (K = 1 only), the ablation that shows what the JVP correction buys;
+both plans checked end to end on the calibration calls (planner.plan_verified).
 """
 
 import argparse
@@ -16,7 +17,8 @@ import layercache as lc
 from layercache.metrics import psnr, ssim
 from layercache.models.registry import shipped_calibration
 from layercache.models.tiny import TinyDigitPipeline
-from layercache.models.tiny.sets import eval_call
+from layercache.models.tiny.sets import calibration_calls, eval_call
+from layercache.planner import plan_verified
 
 
 def seed_range(text: str) -> list[int]:
@@ -44,10 +46,10 @@ def main():
     print(f"bundled model, {args.steps} steps, {args.groups} groups, {len(seeds)} evaluation images "
           f"(seeds {seeds[0]}..{seeds[-1]}), calibration seeds {[c.get('seed') for c in cal.meta['calls']]}")
     print(f"{'budget':>6} {'variant':<22} {'compute':>7} {'ideal x':>7} {'PSNR dB':>8} {'min':>6} {'SSIM':>7}  "
-          f"chosen predictor:K (reused cells)")
+          f"max_reuse  chosen predictor:K (reused cells)")
     for budget in budgets:
         for name, options in [("LayerCache (JVP)", {}), ("plain reuse (K=1)", {"max_k": 1})]:
-            schedule = lc.plan(cal, budget, **options)
+            schedule = plan_verified(pipe, cal, budget, calibration_calls(), **options)
             lc.enable(pipe, schedule, telemetry=False)
             try:
                 images = pipe(**call, num_inference_steps=args.steps, output_type="pt").images
@@ -56,7 +58,7 @@ def main():
             p, s = psnr(images, reference), ssim(images, reference)
             chosen = Counter(c.encode() for row in schedule.cells for c in row if not c.compute)
             print(f"{budget:>6.2f} {name:<22} {schedule.compute_fraction:>7.3f} {1 / schedule.compute_fraction:>7.2f} "
-                  f"{p.mean():>8.2f} {p.min():>6.1f} {s.mean():>7.4f}  "
+                  f"{p.mean():>8.2f} {p.min():>6.1f} {s.mean():>7.4f}  {schedule.meta['max_reuse']:>9}  "
                   f"{', '.join(f'{k} ({v})' for k, v in sorted(chosen.items()))}", flush=True)
 
 

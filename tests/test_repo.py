@@ -1,0 +1,18 @@
+"""The README's two commands are the ones CI and users run."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    command = ci_lines[ci_lines.index(next(l for l in ci_lines if "README test command" in l)) + 1]
+    assert "python -m pytest" in command
+    assert f"```bash\n{command}\n```" in readme
+
+
+def test_readme_app_command_starts_the_app():
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -q -e . && python app.py\n```" in readme
