@@ -229,6 +229,8 @@ def apply_layer_cache(transformer: torch.nn.Module, config: LayerCacheConfig) ->
     telemetry = Telemetry(layout.num_groups, enabled=config.telemetry)
     for g in range(layout.num_groups):
         members = layout.blocks_of(g)
+        if not (config.telemetry or config.recorder or any(not row[g].compute for row in schedule.cells)):
+            continue  # a group that is always computed and unobserved needs no hooks: zero overhead
         for index in members:
             hook = LayerCacheBlockHook(state_manager, g, index == members[0], index == members[-1], config, telemetry)
             HookRegistry.check_if_exists_or_initialize(blocks[index][1]).register_hook(hook, _BLOCK_HOOK)
@@ -244,7 +246,8 @@ def remove_layer_cache(transformer: torch.nn.Module) -> None:
         raise ValueError("LayerCache is not enabled on this transformer")
     registry.remove_hook(_MODEL_HOOK, recurse=False)
     for _, block in find_blocks(transformer):
-        HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)
+        if hasattr(block, "_diffusers_hook"):
+            block._diffusers_hook.remove_hook(_BLOCK_HOOK, recurse=False)
     registry.invalidate_child_registries_cache()
 
 
