@@ -18,7 +18,7 @@ from layercache.metrics import psnr, ssim
 from layercache.models.registry import shipped_calibration
 from layercache.models.tiny import TinyDigitPipeline
 from layercache.models.tiny.sets import calibration_calls, eval_call
-from layercache.planner import plan_verified
+from layercache.planner import plan_verified, reference_latents
 
 
 def seed_range(text: str) -> list[int]:
@@ -42,6 +42,7 @@ def main():
     cal.check_fits(pipe.transformer, args.steps)
     call = eval_call(seeds)
     reference = pipe(**call, num_inference_steps=args.steps, output_type="pt").images
+    calibration_reference = reference_latents(pipe, calibration_calls(), args.steps)
 
     print(f"bundled model, {args.steps} steps, {args.groups} groups, {len(seeds)} evaluation images "
           f"(seeds {seeds[0]}..{seeds[-1]}), calibration seeds {[c.get('seed') for c in cal.meta['calls']]}")
@@ -49,7 +50,8 @@ def main():
           f"max_reuse  chosen predictor:K (reused cells)")
     for budget in budgets:
         for name, options in [("LayerCache (JVP)", {}), ("plain reuse (K=1)", {"max_k": 1})]:
-            schedule = plan_verified(pipe, cal, budget, calibration_calls(), **options)
+            schedule = plan_verified(pipe, cal, budget, calibration_calls(), reference=calibration_reference,
+                                     **options)
             lc.enable(pipe, schedule, telemetry=False)
             try:
                 images = pipe(**call, num_inference_steps=args.steps, output_type="pt").images

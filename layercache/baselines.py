@@ -2,7 +2,7 @@
 
 A `Method` turns (benchmark context, budget) into an `OperatingPoint`: how to attach it to the pipeline,
 how to detach it, how many steps to run, and what compute it planned. What it *realized* is measured,
-never taken from the plan: `ComputeCounter` counts the multiply-adds of every Linear layer inside the
+never taken from the plan: `metrics.BlockCounter` counts the multiply-adds of every Linear layer inside the
 transformer blocks that actually ran (a superset of counting `attn.to_q` calls, which stays right for
 caches that skip only part of a block), relative to the uncached run on the same inputs.
 
@@ -44,13 +44,14 @@ from typing import Callable
 import numpy as np
 import torch
 from diffusers.hooks import HookRegistry
-from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .calibrate import Calibration, _call_kwargs, calibrate
-from .groups import find_blocks, model_spec
+from .groups import model_spec
 from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
-from .planner import check_budget, plan_verified
+from .planner import check_budget, plan_verified, reference_latents
+from .metrics import BlockCounter
 from .predictors import predict
 from .schedule import Cell, Schedule
 from .telemetry import Telemetry
@@ -62,34 +63,6 @@ def steps_for(budget: float, num_steps: int) -> int:
 
 
 # ---------------------------------------------------------------- measuring realized compute
-
-class ComputeCounter:
-    """Counts multiply-adds of the Linear layers inside the transformer blocks that really ran.
-
-    Torch forward hooks still fire when a diffusers cache skips a block's forward, but not for the
-    block's children that never ran, so counting on the Linears measures real work.
-    """
-
-    def __init__(self, transformer):
-        self.macs = 0
-        self._handles = [m.register_forward_hook(self._count)
-                         for _, block in find_blocks(transformer) for m in block.modules()
-                         if isinstance(m, torch.nn.Linear)]
-
-    def _count(self, module, inputs, output):
-        self.macs += output.numel() * module.in_features
-
-    def close(self):
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 # ---------------------------------------------------------------- the interface
 
@@ -145,7 +118,7 @@ class BenchContext:
 
     def run_tuning(self) -> int:
         """One uncached-settings run on the first calibration call (never evaluation inputs); returns MACs."""
-        with ComputeCounter(self.pipe.transformer) as counter:
+        with BlockCounter(self.pipe.transformer) as counter:
             self.pipe(**_call_kwargs(self.calibration_calls[0]), num_inference_steps=self.num_steps,
                       output_type="latent")
         return counter.macs
@@ -178,19 +151,23 @@ def _with_diffusers_cache(name, budget, config, planned, params) -> OperatingPoi
 # LayerCache and the ablations that keep its allocator are all checked end to end on the calibration
 # calls (planner.plan_verified), so that each ablation changes one thing only.
 
+def _verified(ctx, groups, budget, **options):
+    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.calibration_calls,
+                                                                        ctx.num_steps))
+    return plan_verified(ctx.pipe, ctx.calibration(groups), budget, ctx.calibration_calls, reference=reference,
+                         **options)
+
+
 def _layercache(ctx, budget):
-    return _with_schedule("layercache", budget,
-                          plan_verified(ctx.pipe, ctx.calibration(4), budget, ctx.calibration_calls))
+    return _with_schedule("layercache", budget, _verified(ctx, 4, budget))
 
 
 def _layercache_k1(ctx, budget):
-    return _with_schedule("layercache-k1", budget,
-                          plan_verified(ctx.pipe, ctx.calibration(4), budget, ctx.calibration_calls, max_k=1))
+    return _with_schedule("layercache-k1", budget, _verified(ctx, 4, budget, max_k=1))
 
 
 def _layercache_g1(ctx, budget):
-    return _with_schedule("layercache-g1", budget,
-                          plan_verified(ctx.pipe, ctx.calibration(1), budget, ctx.calibration_calls))
+    return _with_schedule("layercache-g1", budget, _verified(ctx, 1, budget))
 
 
 def _grid_schedule(cal: Calibration, compute: np.ndarray, pick_k: bool, meta: dict) -> Schedule:
@@ -348,10 +325,7 @@ class MeanCacheHook(LayerCacheModelHook):
         super().__init__(state_manager, schedule, Telemetry(1, enabled=False), timestep_per_sigma)
 
     def new_forward(self, module, *args, **kwargs):
-        own_context = self.state_manager._context is None
-        if own_context:
-            self.state_manager.set_context(CacheContext("default"))
-        try:
+        with self.default_context():
             if kwargs.get("skip_layers") is not None:  # SD3 skip-layer guidance: an extra call, run it as is
                 return self.fn_ref.original_forward(*args, **kwargs)
             state = self.state_manager.get_state()
@@ -367,9 +341,6 @@ class MeanCacheHook(LayerCacheModelHook):
             state.sigmas.append(sigma)
             state.outputs.append(velocity)
             return output
-        finally:
-            if own_context:
-                self.state_manager.set_context(None)
 
 
 _MEANCACHE_HOOK = "meancache"

@@ -10,7 +10,7 @@ flag starts one process unless MPI is set up; `torchrun --nproc_per_node N -m la
 Each image is compared with the uncached image for the same seed (PSNR capped at 100 dB so that means
 stay finite; SSIM; LPIPS only where its weights exist), and read by the independent digit classifier
 (`fidelity` = its accuracy against the requested digit). Compute fraction = block multiply-adds that
-really ran / those of the uncached run (baselines.ComputeCounter). Wall-clock speed-up = uncached time /
+really ran / those of the uncached run (metrics.BlockCounter). Wall-clock speed-up = uncached time /
 cached time of a one-image call, the two timed alternately in the same process, median of the repeats.
 
 Seeds are cut into fixed batches of `--batch` images and whole batches are dealt to processes, so every
@@ -140,7 +140,7 @@ def _timed(pipe, seed, steps) -> float:
 
 def measure(pipe, ctx, points, batches, repeats, progress) -> tuple[list, list]:
     """This process's share: per-image records and per-(point, process) timing/compute records."""
-    from .baselines import ComputeCounter
+    from .metrics import BlockCounter
     from .metrics import lpips, psnr, ssim
     from .models.tiny.classifier import classify, load_classifier
 
@@ -148,7 +148,7 @@ def measure(pipe, ctx, points, batches, repeats, progress) -> tuple[list, list]:
     steps = ctx.num_steps
     reference, ref_macs = [], 0
     for batch in batches:
-        with ComputeCounter(pipe.transformer) as counter:
+        with BlockCounter(pipe.transformer) as counter:
             reference.append(_images(pipe, batch, steps))
         ref_macs += counter.macs
     images, points_out = [], []
@@ -163,7 +163,7 @@ def measure(pipe, ctx, points, batches, repeats, progress) -> tuple[list, list]:
         point.attach(pipe)
         try:
             for batch, ref, lab in zip(batches, reference, labels):
-                with ComputeCounter(pipe.transformer) as counter:
+                with BlockCounter(pipe.transformer) as counter:
                     out = _images(pipe, batch, point.num_inference_steps)
                 macs += counter.macs
                 perceptual, reason = lpips(out, ref)

@@ -7,6 +7,7 @@ one `apply_layer_cache` function. The model hook works out the step from the tra
 the predicted residual; the other blocks of a reused group pass their inputs through.
 """
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -66,13 +67,21 @@ class LayerCacheModelHook(ModelHook):
         self.schedule = schedule
         self.telemetry = telemetry
         self.timestep_per_sigma = timestep_per_sigma
-        self._step_of_sigma = {round(s, 6): i for i, s in enumerate(schedule.sigmas)}
 
-    def new_forward(self, module, *args, **kwargs):
-        own_context = self.state_manager._context is None
-        if own_context:
+    @contextlib.contextmanager
+    def default_context(self):
+        """SD3's pipeline sets no cache context (batched CFG): use "default" for the length of the call."""
+        own = self.state_manager._context is None
+        if own:
             self.state_manager.set_context(CacheContext("default"))
         try:
+            yield
+        finally:
+            if own:
+                self.state_manager.set_context(None)
+
+    def new_forward(self, module, *args, **kwargs):
+        with self.default_context():
             state = self.state_manager.get_state()
             if kwargs.get("skip_layers") is not None:
                 # SD3 skip-layer guidance: an extra call at the same step; run it uncached, touch no state
@@ -87,9 +96,6 @@ class LayerCacheModelHook(ModelHook):
             if self.telemetry.enabled:
                 self.telemetry.begin_call(self.state_manager.context.name, step, sigma, state.row)
             return self.fn_ref.original_forward(*args, **kwargs)
-        finally:
-            if own_context:
-                self.state_manager.set_context(None)
 
     def advance(self, state, args, kwargs) -> tuple[int, float]:
         """Find this call's step and sigma from its timestep; reset the state when a new generation starts."""
@@ -103,20 +109,17 @@ class LayerCacheModelHook(ModelHook):
         state.step, state.sigma = step, sigma
         return step, sigma
 
-    def _step_of(self, sigma: float, expected: int = -1, tolerance: float = 1e-5) -> int:
+    def _step_of(self, sigma: float, expected: int, tolerance: float) -> int:
         sigmas = self.schedule.sigmas
         if expected < len(sigmas) and abs(sigmas[expected] - sigma) <= tolerance:
             return expected  # the step after the last one: also settles near-ties in low precision
-        step = self._step_of_sigma.get(round(sigma, 6))
-        if step is None:
-            nearest = min(range(self.schedule.num_steps), key=lambda i: abs(sigmas[i] - sigma))
-            if abs(sigmas[nearest] - sigma) > tolerance:
-                raise ValueError(
-                    f"the pipeline is at sigma={sigma:.6f}, which is not on the schedule's {self.schedule.num_steps}"
-                    f"-step sigma grid: run with num_inference_steps={self.schedule.num_steps} (and the resolution "
-                    f"it was calibrated at), or plan a schedule for your settings")
-            step = nearest
-        return step
+        nearest = min(range(len(sigmas)), key=lambda i: abs(sigmas[i] - sigma))
+        if abs(sigmas[nearest] - sigma) > tolerance:
+            raise ValueError(
+                f"the pipeline is at sigma={sigma:.6f}, which is not on the schedule's {self.schedule.num_steps}"
+                f"-step sigma grid: run with num_inference_steps={self.schedule.num_steps} (and the resolution "
+                f"it was calibrated at), or plan a schedule for your settings")
+        return nearest
 
     def reset_state(self, module):
         self.state_manager.reset()

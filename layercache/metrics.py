@@ -1,5 +1,6 @@
 """Image quality against the uncached image (PSNR, SSIM; LPIPS where its weights exist) and speed figures."""
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,45 @@ def lpips(images: torch.Tensor, reference: torch.Tensor):
         x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
     with torch.no_grad():
         return model(x * 2 - 1, y * 2 - 1).flatten(), None
+
+
+class BlockCounter:
+    """What the transformer blocks really computed: executions per block and multiply-adds of their Linears.
+
+    Counted with forward hooks on the Linear layers inside each block: a hook on a block itself still
+    fires when a cache skips its forward, but the layers inside a skipped block never run.
+    """
+
+    def __init__(self, transformer):
+        from .groups import find_blocks
+
+        blocks = find_blocks(transformer)
+        self.counts = np.zeros(len(blocks), dtype=np.int64)   # executions per block, since the last take()
+        self.macs = 0
+        self._handles = []
+        for index, (_, block) in enumerate(blocks):
+            linears = [m for m in block.modules() if isinstance(m, torch.nn.Linear)]
+            for position, layer in enumerate(linears):
+                self._handles.append(layer.register_forward_hook(self._hook(index, position == 0)))
+
+    def _hook(self, index, first):
+        def hook(module, args, output):
+            self.macs += output.numel() * module.in_features
+            if first:
+                self.counts[index] += 1
+        return hook
+
+    def take(self) -> np.ndarray:
+        counts, self.counts = self.counts, np.zeros_like(self.counts)
+        return counts
+
+    def close(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

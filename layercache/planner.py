@@ -113,25 +113,29 @@ def plan(calibration: Calibration, budget: float, protect_first: int = 2, protec
                     cells, meta)
 
 
+def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
+    """Final latents of the uncached pipeline on each call: what `plan_verified` compares plans with."""
+    from .calibrate import _call_kwargs
+
+    return [pipe(**_call_kwargs(call), num_inference_steps=num_inference_steps, output_type="latent").images.float()
+            for call in calls]
+
+
 def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, caps=({"max_reuse": 2},
-                  {"max_reuse": 3}, {"max_reuse": 4}), **options) -> Schedule:
+                  {"max_reuse": 3}, {"max_reuse": 4}), reference=None, **options) -> Schedule:
     """The greedy plan, checked end to end (DESIGN.md §2): the teacher-forced error table cannot see how
     errors injected early or upstream grow through later groups and steps, so plan once per cap setting,
     run each plan on the calibration calls (never evaluation inputs) and keep the one whose final latents
-    are closest to the uncached ones. Caps that cannot reach the budget are skipped."""
+    are closest to the uncached ones (`reference`, from `reference_latents`; computed if not given).
+    Caps that cannot reach the budget are skipped."""
     from . import disable, enable
-    from .calibrate import _call_kwargs
 
     budget = check_budget(budget)
     if not calls:
         raise ValueError("plan_verified needs the calibration calls to run the candidate plans on")
     steps = calibration.num_steps
-
-    def final_latents():
-        return [pipe(**_call_kwargs(call), num_inference_steps=steps, output_type="latent").images.float()
-                for call in calls]
-
-    reference = final_latents()
+    if reference is None:
+        reference = reference_latents(pipe, calls, steps)
     best, best_error, tried = None, np.inf, {}
     for cap in caps:
         try:
@@ -140,17 +144,14 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
             continue
         enable(pipe, schedule, telemetry=False)
         try:
-            error = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(final_latents(), reference)]))
+            latents = reference_latents(pipe, calls, steps)
         finally:
             disable(pipe)
-        tried[json_key(cap)] = error
+        error = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
+        tried[",".join(f"{k}={v}" for k, v in sorted(cap.items()))] = error
         if error < best_error:
             best, best_error = schedule, error
     if best is None:
         raise ValueError(f"budget {budget} is out of reach under every cap setting tried ({list(caps)})")
     best.meta["verified"] = {"calibration_mse": tried, "calls": len(calls)}
     return best
-
-
-def json_key(options: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(options.items()))

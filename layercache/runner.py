@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from . import disable, enable
-from .groups import GroupLayout, find_blocks, partition
-from .metrics import lpips, psnr, ssim
+from .groups import GroupLayout, partition
+from .metrics import BlockCounter, lpips, psnr, ssim
 from .schedule import Schedule
 from .telemetry import Telemetry
 
@@ -180,31 +180,6 @@ def _as_numpy(images: torch.Tensor) -> np.ndarray:
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
-class _BlockCounter:
-    """Counts block executions per step with a forward hook on each block's first Linear layer: a hook on the
-    block itself would fire even when a cache skips it."""
-
-    def __init__(self, transformer):
-        self.counts = np.zeros(len(find_blocks(transformer)), dtype=np.int64)
-        self.handles = []
-        for index, (_, block) in enumerate(find_blocks(transformer)):
-            layer = next(m for m in block.modules() if isinstance(m, torch.nn.Linear))
-            self.handles.append(layer.register_forward_hook(self._hook(index)))
-
-    def _hook(self, index):
-        def hook(module, args, output):
-            self.counts[index] += 1
-        return hook
-
-    def take(self) -> np.ndarray:
-        counts, self.counts = self.counts, np.zeros_like(self.counts)
-        return counts
-
-    def remove(self):
-        for handle in self.handles:
-            handle.remove()
-
-
 def _realign(module) -> None:
     """Give the weights fresh allocations like the copy's: CPU matmul kernels round differently on weights
     that safetensors left at other alignments, and the lanes must agree bit for bit when nothing is reused."""
@@ -261,7 +236,7 @@ class _Run:
     def _start(self):
         self.telemetry = self.method.attach(self.pipes["cached"])
         self.attached = True
-        self.counters = {lane: _BlockCounter(self.pipes[lane].transformer) for lane in LANES}
+        self.counters = {lane: BlockCounter(self.pipes[lane].transformer) for lane in LANES}
         self.lanes = {lane: _Lane(self.pipes[lane], self.calls[lane], self.cancelled) for lane in LANES}
 
     def stop(self) -> None:
@@ -273,7 +248,7 @@ class _Run:
             for lane in self.lanes.values():
                 lane.thread.join()
             for counter in self.counters.values():
-                counter.remove()
+                counter.close()
             self.counters = {}
             if self.attached:
                 self.attached = False

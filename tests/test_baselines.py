@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from layercache.baselines import (METHODS, BenchContext, ComputeCounter, apply_meancache, magcache_computed_steps,
+from layercache.baselines import (METHODS, BenchContext, apply_meancache, magcache_computed_steps,
                                   meancache_costs, meancache_schedule, prepare, remove_meancache,
                                   shortest_schedule, steps_for, taylorseer_computed_steps)
+from layercache.metrics import BlockCounter
 from layercache.models.tiny.sets import eval_call
 
 STEPS = 6
@@ -86,13 +87,13 @@ def test_replays_of_diffusers_rules():
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_runs_and_realizes_what_it_plans(tiny_pipe, ctx, name):
     call = eval_call([100, 101])
-    with ComputeCounter(tiny_pipe.transformer) as counter:
+    with BlockCounter(tiny_pipe.transformer) as counter:
         tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent")
     reference = counter.macs
     point = prepare(name, ctx, 0.5)
     point.attach(tiny_pipe)
     try:
-        with ComputeCounter(tiny_pipe.transformer) as counter:
+        with BlockCounter(tiny_pipe.transformer) as counter:
             images = tiny_pipe(**call, num_inference_steps=point.num_inference_steps, output_type="pt").images
     finally:
         point.detach(tiny_pipe)
