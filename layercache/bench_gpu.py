@@ -9,6 +9,8 @@ pipelines' own loop without text encoder and VAE: Euler over sigmas linspace(1, 
 a separate call in its cache context (Qwen-Image: true CFG, two calls per step; FLUX.1-dev: guidance-
 distilled, one call). Schedules come from the planner on a synthetic error table (a calibration of
 random weights would measure nothing about real dynamics; the speed depends only on which cells run).
+Block costs are FLOPs measured on one step (torch's FlopCounterMode); the ideal speed-up is the uncached
+run's FLOPs over the cached run's, the work outside the blocks included.
 """
 
 import argparse
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from .calibrate import Calibration
-from .groups import model_id, partition
+from .groups import measure_block_flops, model_id, partition
 from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
 from .planner import check_budget, plan
 
@@ -99,10 +101,11 @@ def sample(name, transformer, conds, latents, sigmas, step_times=None):
     return x
 
 
-def synthetic_calibration(transformer, sigmas, num_groups: int, max_horizon: int = 6) -> Calibration:
+def synthetic_calibration(transformer, sigmas, num_groups: int, costs=None, max_horizon: int = 6) -> Calibration:
     """An error table shaped like the bundled model's measured one: error grows with the horizon, is larger
-    at the ends of the trajectory and for deeper groups; slope predictors beat plain reuse."""
-    layout = partition(transformer, num_groups)
+    at the ends of the trajectory and for deeper groups; slope predictors beat plain reuse. `costs`: per-block
+    FLOPs (partition's static proxy without them)."""
+    layout = partition(transformer, num_groups, costs=costs)
     n = len(sigmas)
     candidates = [("slope", 1), ("slope", 2), ("slope", 3), ("slope", 4)]
     step_factor = 1 + 4 * np.abs(np.linspace(-1, 1, n)) ** 4
@@ -134,12 +137,15 @@ def run_config(name, budgets, steps, groups, repeats):
     channels = transformer.config.in_channels
     latents = torch.randn(1, IMAGE_GRID * IMAGE_GRID, channels, device=DEVICE, dtype=torch.bfloat16, generator=gen)
     sigmas = [float(s) for s in np.linspace(1.0, 1.0 / steps, steps)]
-    cal = synthetic_calibration(transformer, sigmas, groups)
+    flops, other = measure_block_flops(transformer, lambda: sample(name, transformer, conds, latents, sigmas[:1]))
+    cal = synthetic_calibration(transformer, sigmas, groups, costs=flops)
     schedules = {b: plan(cal, b) for b in budgets}
     params = sum(p.numel() for p in transformer.parameters())
     print(f"\n== {name}: {params / 1e9:.2f}B parameters, "
           f"{IMAGE_GRID * IMAGE_GRID} image + {CONFIGS[name]['text_tokens']} text tokens, {steps} steps, "
           f"{len(CONFIGS[name]['branches'])} call(s)/step, {groups} groups", flush=True)
+    print(f"FLOPs per step: blocks {sum(flops) / 1e12:.2f} T (each {min(flops) / 1e12:.3f}-{max(flops) / 1e12:.3f} T), "
+          f"outside the blocks {other / 1e12:.3f} T; group shares {np.round(cal.group_costs, 3).tolist()}")
 
     def timed(schedule):
         if schedule is not None:
@@ -170,7 +176,8 @@ def run_config(name, budgets, steps, groups, repeats):
           f"{'ratio':>6} {'peak GiB':>9} {'extra GiB':>9} {'cache GiB':>9}")
     base_peak = statistics.median(r[2] for r in results[None])
     for key, runs in results.items():
-        fraction = 1.0 if key is None else schedules[key].compute_fraction
+        planned = 1.0 if key is None else schedules[key].compute_fraction
+        fraction = (planned * sum(flops) + other) / (sum(flops) + other)  # of the uncached run's FLOPs
         total = statistics.median(r[0] for r in runs)
         step = statistics.median(r[1] for r in runs)
         peak = statistics.median(r[2] for r in runs)

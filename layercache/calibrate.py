@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .groups import model_id, partition
+from .groups import measure_block_flops, model_id, partition
 from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
 from .predictors import PREDICTORS, predict
 from .schedule import Schedule
@@ -130,8 +130,12 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     if not 1 <= max_horizon <= num_inference_steps:
         raise ValueError(f"max_horizon must be from 1 to {num_inference_steps}, got {max_horizon}")
     transformer = pipe.transformer
-    layout = partition(transformer, num_groups, group_starts)
-    sigmas = sigma_grid(pipe, _call_kwargs(calls[0]), num_inference_steps)
+    partition(transformer, num_groups, group_starts)  # a bad grouping fails before any model work
+    # the first step, run once to read the sigmas, also measures what each block costs at these token counts
+    found = {}
+    flops, _ = measure_block_flops(transformer, lambda: found.setdefault(
+        "sigmas", sigma_grid(pipe, _call_kwargs(calls[0]), num_inference_steps)))
+    sigmas, layout = found["sigmas"], partition(transformer, num_groups, group_starts, costs=flops)
     schedule = Schedule.all_compute(model_id(transformer), sigmas, layout)
 
     residuals: dict = {}   # (call, context, batch row) -> [step][group] -> 1-D float32 subset
@@ -192,8 +196,8 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     velocity = np.concatenate([np.full((1, layout.num_groups), np.nan), change.mean(0).numpy()], axis=0)
     out = np.stack([torch.stack(outputs[k]).numpy() for k in sorted(outputs)]) if outputs else np.zeros((0,))
     meta = {"num_calls": len(calls), "trajectories": len(keys), "contexts": sorted({k[1] for k in keys}),
-            "sample_size": sample_size, "calls": [{k: v for k, v in c.items() if isinstance(v, (int, float, str))}
-                                                  for c in calls]}
+            "sample_size": sample_size, "block_flops": flops,
+            "calls": [{k: v for k, v in c.items() if isinstance(v, (int, float, str))} for c in calls]}
     return Calibration(schedule.model_id, sigmas, list(layout.starts), layout.num_blocks, list(layout.costs),
                        candidates, errors, velocity, out, meta)
 

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 # Block lists in execution order, and how the model's `timestep` argument relates to sigma.
 MODEL_SPECS = {
@@ -39,8 +40,29 @@ def model_id(transformer: torch.nn.Module) -> str:
 
 
 def block_cost(block: torch.nn.Module) -> int:
-    """Compute proxy: weights of the block's Linear layers (multiply-adds per token)."""
+    """Static compute proxy, used only where no forward pass has been measured: weights of the block's Linear
+    layers. It ignores token counts, so it misjudges blocks that run different weights on different tokens
+    (FLUX's double blocks count 2.4x its single blocks, while their FLOPs are equal); calibrate measures."""
     return sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def measure_block_flops(transformer: torch.nn.Module, run) -> tuple[list[float], float]:
+    """FLOPs each block spends while `run()` executes (torch's FlopCounterMode, at the real token counts),
+    and the FLOPs of everything else it ran. The cost model of calibrations and of the GPU benchmark."""
+    # the CPU's fused attention kernel has no formula in torch; it is the same work as the GPU's
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        run()
+    counts = counter.get_flop_counts()
+    prefix = type(transformer).__name__
+    blocks = [float(sum(counts.get(f"{prefix}.{name}", {}).values())) for name, _ in find_blocks(transformer)]
+    if not all(f > 0 for f in blocks):
+        raise RuntimeError(f"no FLOPs were counted for some blocks of {prefix}: did run() call the transformer?")
+    return blocks, float(sum(counts.get("Global", {}).values())) - sum(blocks)
 
 
 @dataclass(frozen=True)
@@ -60,9 +82,11 @@ class GroupLayout:
         return range(self.starts[group], end)
 
 
-def partition(transformer: torch.nn.Module, num_groups: int = 4, starts=None) -> GroupLayout:
-    """Cut the blocks into `num_groups` groups of about equal compute, or at explicit `starts`."""
-    costs = [block_cost(block) for _, block in find_blocks(transformer)]
+def partition(transformer: torch.nn.Module, num_groups: int = 4, starts=None, costs=None) -> GroupLayout:
+    """Cut the blocks into `num_groups` groups of about equal compute, or at explicit `starts`. `costs`: each
+    block's measured FLOPs (measure_block_flops); without them, the static proxy block_cost."""
+    if costs is None:
+        costs = [block_cost(block) for _, block in find_blocks(transformer)]
     n = len(costs)
     if starts is None:
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= n:

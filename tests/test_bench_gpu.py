@@ -22,7 +22,7 @@ def test_bench_gpu_runs_end_to_end_on_small_configs(monkeypatch, capsys):
     monkeypatch.setattr(bench_gpu, "DEVICE", "cpu")
     bench_gpu.main(["--steps", "8", "--groups", "2", "--budgets", "0.73,0.5"])
     out = capsys.readouterr().out
-    for expected in ["== qwen-image", "== flux-dev", "uncached", "budget 0.73", "budget 0.5"]:
+    for expected in ["== qwen-image", "== flux-dev", "FLOPs per step", "uncached", "budget 0.73", "budget 0.5"]:
         assert expected in out
 
 

@@ -123,3 +123,26 @@ def test_telemetry_reports_every_step_and_group():
             if not cell.compute:
                 assert group["velocity_change"] is None
     assert telemetry.steps[0].contexts == {"cond", "uncond"}
+
+
+def test_block_costs_are_measured_flops_at_the_real_token_counts():
+    """FLUX's double blocks run separate weights on image and text tokens; a single block runs one set on all
+    tokens. Their FLOPs are equal, so a calibration splits the 2 double + 2 single blocks in halves (the
+    weight count would weigh a double block 2.4x a single one)."""
+    from layercache.groups import block_cost, measure_block_flops
+    from layercache.metrics import BlockCounter
+
+    pipe, kwargs, cal = setup("flux")
+    blocks = [b for _, b in find_blocks(pipe.transformer)]
+    assert block_cost(blocks[0]) > 2 * block_cost(blocks[-1])
+    assert cal.group_starts == [0, 2] and cal.group_costs == pytest.approx([0.5, 0.5], abs=0.01)
+    # the FLOPs are the Linear layers' (2 per multiply-add) plus attention's, which torch cannot count on the
+    # CPU's fused kernel without our formula: QK^T and AV, each 2 * heads * tokens^2 * head_dim per call
+    with BlockCounter(pipe.transformer) as counter:
+        flops, other = measure_block_flops(pipe.transformer, lambda: pipe(**kwargs, num_inference_steps=1,
+                                                                          output_type="latent"))
+    calls = int(counter.counts[0])
+    tokens = 8 * 8 + kwargs["prompt_embeds"].shape[1]
+    attention = calls * 2 * 2 * 2 * tokens**2 * 16
+    assert sum(flops) == 2 * counter.macs + len(blocks) * attention
+    assert other > 0
