@@ -8,6 +8,7 @@ A thin Gradio layer: widgets in, runner events out. Models, calibrations and run
 
 import math
 import os
+import time
 
 import gradio as gr
 import numpy as np
@@ -31,6 +32,9 @@ DEFAULTS = space_defaults()
 FBC = "FirstBlockCache (diffusers)"
 MAX_STEPS = 200
 bench = Workbench()
+STOPPED = "**Stopped.** The next run starts clean."
+_stopped_at: dict = {}  # session -> time of its last Stop
+_streaming: set = set()  # sessions whose run is streaming now
 
 HOW_TO_READ = """
 **Groups.** The transformer's blocks are cut into *groups* of consecutive blocks (group 0 is the shallowest).
@@ -91,9 +95,16 @@ def _fmt(value, digits=3):
 
 
 @GPU(duration=DEFAULTS["gpu_duration_s"])
-def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold,
-        progress=gr.Progress()):
-    """Streams (status, uncached preview, cached preview, 3 heatmaps, metrics, difference, slider, calibration)."""
+def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold, clicked_at=None,
+        progress=gr.Progress(), request: gr.Request = None):
+    """Streams (status, uncached preview, cached preview, 3 heatmaps, metrics, difference, slider, calibration).
+    A Stop ends the stream with a "Stopped" status of its own: sent by any other event, it could be drawn
+    before the last step update still in flight and be overwritten by it."""
+    session = _session(request)
+    if clicked_at is not None and _stopped_at.get(session, -math.inf) > clicked_at:
+        yield STOPPED, *[gr.skip()] * 9  # stopped while it waited in the queue
+        return
+    _streaming.add(session)
     try:
         check_inputs(model, prompt, seed, steps, budget, groups, max_k, method)
         seed, steps, groups, max_k = int(seed), int(steps), int(groups), int(max_k)
@@ -114,8 +125,16 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
                        source or "not used by this method")
             else:
                 yield final_outputs(event, grids, max_k, source)
+                return
+        yield STOPPED, *[gr.skip()] * 9
     except ValueError as err:
         raise gr.Error(" ".join(str(err).split())) from None
+    finally:
+        _streaming.discard(session)
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or "local"
 
 
 def final_outputs(event, grids, max_k, source):
@@ -152,9 +171,12 @@ def explore(model, prompt, seed, steps, groups, max_k, guidance, progress=gr.Pro
     return viz.velocity_figure(cal.velocity_change), viz.stability_figure(cal), "\n".join(lines)
 
 
-def stop():
-    bench.cancel_all()
-    return "**Stopped.** The next run starts clean."
+def stop(request: gr.Request = None):
+    """Stops this session's run, started or queued (the run reports it); other sessions' runs go on."""
+    session = _session(request)
+    _stopped_at[session] = time.monotonic()
+    if session in _streaming:
+        bench.cancel_all()  # runs go one at a time (concurrency_id "device"): the active one is this session's
 
 
 def on_model(model):
@@ -243,13 +265,13 @@ def build_demo() -> gr.Blocks:
 
         inputs = [model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold]
         outputs = [status, uncached, cached, *plots, metrics, diff, slider, calibration]
-        run_event = run_btn.click(run, inputs, outputs, api_name="run", concurrency_id="device",
-                                  show_progress_on=[status])
+        clicked_at = gr.State()
+        run_btn.click(time.monotonic, None, clicked_at, queue=False, api_visibility="private").then(
+            run, [*inputs, clicked_at], outputs, api_name="run", concurrency_id="device", show_progress_on=[status])
         explore_event = explore_btn.click(explore, [model, prompt, seed, steps, groups, max_k, guidance],
                                           [velocity_plot, stability_plot, explore_note], api_name="explore",
                                           concurrency_id="device", show_progress_on=[explore_note])
-        stop_btn.click(stop, None, status, cancels=[run_event, explore_event], concurrency_limit=None,
-                       api_name="stop")
+        stop_btn.click(stop, None, None, cancels=[explore_event], concurrency_limit=None, api_name="stop")
         model.change(on_model, model, [model_note, steps, guidance], api_visibility="private")
         budget.change(ideal_speedup, budget, speedup, api_visibility="private", queue=False)
         method.change(on_method, method, [threshold, budget, max_k], api_visibility="private", queue=False)

@@ -280,11 +280,12 @@ class _Run:
                             return
                         lane = self.lanes[name]
                         kind, tensors = lane.advance()
-                        if kind != "step":
-                            return  # cancelled from another thread
+                        with self._stop_lock:  # a stop from another thread closes the counters
+                            if kind != "step" or self.cancelled.is_set():
+                                return
+                            counts[name] = self.counters[name].take()
                         previews[name] = preview_image(lane.pipe, _x0(lane, step, tensors, previous[name]))
                         previous[name] = tensors["latents"].float()
-                        counts[name] = self.counters[name].take()
                         totals[name] += counts[name]
                     yield {"kind": "step", "step": step, "num_steps": self.num_steps,
                            "sigma": float(self.lanes["uncached"].pipe.scheduler.sigmas[step]),

@@ -75,6 +75,40 @@ def test_cancel_mid_run_then_the_next_run_is_unchanged(client):
         assert again[-1][6][key] == reference[-1][6][key]
 
 
+def first_step_then(client, action, steps=50):
+    """Start a long run, do `action()` once its first step has streamed, return the run's outputs."""
+    job = client.submit(*GOOD[:3], steps, *GOOD[4:], api_name="/run")
+    outputs = []
+    for out in job:
+        outputs.append(out)
+        if len(outputs) == 1:
+            action()
+    return outputs
+
+
+def test_stop_ends_the_run_with_its_own_stopped_update(client):
+    outputs = first_step_then(client, lambda: client.predict(api_name="/stop"))
+    assert outputs[-1][0].startswith("**Stopped") and len(outputs) < 50
+    assert not any(out[0].startswith("**Done") for out in outputs)
+
+
+def test_stop_from_another_session_leaves_the_run_alone(client):
+    other = gradio_client.Client(client.src, verbose=False, download_files=False)
+    outputs = first_step_then(client, lambda: other.predict(api_name="/stop"), steps=20)
+    assert outputs[-1][0].startswith("**Done")
+
+
+def test_a_run_stopped_while_queued_never_starts():
+    import time
+
+    import app
+
+    clicked = time.monotonic()
+    app.stop(None)  # the same (local) session, after the click
+    outputs = list(app.run(*GOOD, clicked_at=clicked))
+    assert len(outputs) == 1 and outputs[0][0].startswith("**Stopped")
+
+
 @pytest.mark.parametrize("method", ["FirstBlockCache (diffusers)", "MeanCache", "LayerCache, K=1 (no JVP)"])
 def test_other_methods_in_the_cached_lane(client, method):
     outputs, _ = run(client, "tiny", "3", 1, STEPS, 3.0, 0.7, 3, 3, method, 0.2)

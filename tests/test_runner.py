@@ -86,3 +86,21 @@ def test_lanes_never_run_at_once(runner, calibration):
     final = run_all(runner, NoCache())[-1]
     wall = time.perf_counter() - start
     assert sum(final["elapsed_s"].values()) <= wall
+
+
+def test_cancel_from_another_thread_at_any_moment_ends_the_stream_quietly(runner, calibration):
+    """The app's Stop cancels from a server thread while the stream runs in another: whenever it lands, the
+    stream ends without an error and no hook is left behind."""
+    import threading
+    import time
+
+    method = LayerCacheMethod(lc.plan(calibration, 0.6, protect_first=1))
+    for delay in np.linspace(0.0, 0.4, 9):  # a run takes about 0.5 s
+        stream = runner.run(CALL, 5, STEPS, method, 3)
+        timer = threading.Timer(delay, runner.cancel)
+        timer.start()
+        events = list(stream)  # raises if the cancel lands mid-step
+        timer.join()
+        time.sleep(0.01)
+        assert not events or events[-1]["kind"] in ("step", "final")
+        assert not is_enabled(runner.pipes["cached"].transformer)
