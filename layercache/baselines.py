@@ -50,16 +50,11 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from .calibrate import Calibration, _call_kwargs, calibrate
 from .groups import model_spec
 from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
-from .planner import check_budget, plan_verified, reference_latents
+from .planner import check_budget, plan_verified, reference_latents, shortest_schedule, steps_for
 from .metrics import BlockCounter
 from .predictors import predict
 from .schedule import Cell, Schedule
 from .telemetry import Telemetry
-
-
-def steps_for(budget: float, num_steps: int) -> int:
-    """round(N·b), halves rounded up (toward more compute for the method), at least 1."""
-    return min(num_steps, max(1, math.floor(num_steps * budget + 0.5)))
 
 
 # ---------------------------------------------------------------- measuring realized compute
@@ -262,30 +257,6 @@ def meancache_costs(outputs: np.ndarray, sigmas: list, k_values=(1, 2, 3, 4), ga
                 if total < cost[a, i + 1]:
                     cost[a, i + 1], best_k[a, i + 1] = total, k
     return cost, best_k
-
-
-def shortest_schedule(cost: np.ndarray, budget_steps: int) -> list[int]:
-    """The computed steps (exactly `budget_steps`, step 0 among them) minimizing the summed edge cost of
-    consecutive computed steps (and of the last one to the end, column N). Dynamic programming, O(B·N²)."""
-    n = cost.shape[0]
-    if not 1 <= budget_steps <= n:
-        raise ValueError(f"MeanCache needs from 1 to {n} computed steps, got {budget_steps}")
-    best = np.full((budget_steps + 1, n), np.inf)   # best[j, c]: j computed steps, the last one at c
-    parent = np.zeros((budget_steps + 1, n), dtype=int)
-    best[1, 0] = 0.0
-    for j in range(2, budget_steps + 1):
-        for c in range(j - 1, n):
-            totals = best[j - 1, :c] + cost[:c, c]
-            a = int(np.argmin(totals))
-            best[j, c], parent[j, c] = totals[a], a
-    finals = best[budget_steps] + cost[:, n]
-    last = int(np.argmin(finals))
-    if not np.isfinite(finals[last]):
-        raise ValueError(f"no MeanCache schedule with {budget_steps} computed steps has a finite cost")
-    steps = [last]
-    for j in range(budget_steps, 1, -1):
-        steps.append(int(parent[j, steps[-1]]))
-    return steps[::-1]
 
 
 def meancache_schedule(cal: Calibration, budget: float, gamma: float = 2.0, k_values=(1, 2, 3, 4)) -> Schedule:

@@ -6,9 +6,16 @@ cost_g / (w_g * eps^gamma + delta), where eps is the error of its best candidate
 cells after it, so keys are recomputed lazily when popped. A cell is rejected if it makes a group's run
 of consecutive reuses longer than `max_reuse`, or a step's summed error exceed `step_error_cap`.
 Stops when the executed fraction of block compute reaches the budget.
+
+`synchronized=True` allocates whole steps instead: all groups are reused on the same steps, each group
+with its own best candidate, and the round(N·budget) computed steps are those that minimize the summed
+error^gamma of all reused cells (a shortest path, exact for the table). At low budgets this wins: a group
+computed on inputs that predicted groups upstream made makes errors the teacher-forced table cannot see.
+`plan_verified` tries both.
 """
 
 import heapq
+import math
 
 import numpy as np
 
@@ -22,9 +29,39 @@ def check_budget(budget) -> float:
     return float(budget)
 
 
+def steps_for(budget: float, num_steps: int) -> int:
+    """round(N·b), halves rounded up (toward more compute for the method), at least 1."""
+    return min(num_steps, max(1, math.floor(num_steps * budget + 0.5)))
+
+
+def shortest_schedule(cost: np.ndarray, budget_steps: int) -> list[int]:
+    """The computed steps (exactly `budget_steps`, step 0 among them) minimizing the summed edge cost of
+    consecutive computed steps (and of the last one to the end, column N). Dynamic programming, O(B·N²).
+    Shared by synchronized plans and MeanCache."""
+    n = cost.shape[0]
+    if not 1 <= budget_steps <= n:
+        raise ValueError(f"a schedule needs from 1 to {n} computed steps, got {budget_steps}")
+    best = np.full((budget_steps + 1, n), np.inf)   # best[j, c]: j computed steps, the last one at c
+    parent = np.zeros((budget_steps + 1, n), dtype=int)
+    best[1, 0] = 0.0
+    for j in range(2, budget_steps + 1):
+        for c in range(j - 1, n):
+            totals = best[j - 1, :c] + cost[:c, c]
+            a = int(np.argmin(totals))
+            best[j, c], parent[j, c] = totals[a], a
+    finals = best[budget_steps] + cost[:, n]
+    last = int(np.argmin(finals))
+    if not np.isfinite(finals[last]):
+        raise ValueError(f"no schedule with {budget_steps} computed steps has a finite cost")
+    steps = [last]
+    for j in range(budget_steps, 1, -1):
+        steps.append(int(parent[j, steps[-1]]))
+    return steps[::-1]
+
+
 def plan(calibration: Calibration, budget: float, protect_first: int = 2, protect_last: int = 1,
          max_reuse: int = 4, max_k: int | None = None, predictors=None, step_error_cap: float | None = None,
-         gamma: float = 2.0, delta: float = 1e-6, group_weights=None) -> Schedule:
+         gamma: float = 2.0, delta: float = 1e-6, group_weights=None, synchronized: bool = False) -> Schedule:
     budget = check_budget(budget)
     cal = calibration
     n, g_count = cal.num_steps, cal.num_groups
@@ -71,7 +108,17 @@ def plan(calibration: Calibration, budget: float, protect_first: int = 2, protec
     def step_error(i):
         return sum(weights[g] * best(i, g, horizon(i, g))[0] for g in range(g_count) if not compute[i, g])
 
-    heap = [(-key(i, g), i, g) for i in range(n) for g in range(g_count) if i not in protected]
+    if synchronized:
+        for i in range(1, n):
+            compute[i] = False
+        try:
+            steps = shortest_schedule(_step_costs(table, weights, protected, max_reuse, gamma), steps_for(budget, n))
+        except ValueError:
+            steps = range(n)  # no finite path: reported as out of reach below
+        for i in steps:
+            compute[i] = True
+        executed = compute.sum(axis=0) @ costs
+    heap = [] if synchronized else [(-key(i, g), i, g) for i in range(n) for g in range(g_count) if i not in protected]
     heapq.heapify(heap)
     while heap and executed > target + 1e-9:
         neg, i, g = heapq.heappop(heap)
@@ -93,7 +140,7 @@ def plan(calibration: Calibration, budget: float, protect_first: int = 2, protec
         executed -= costs[g]
 
     fraction = executed / (n * costs.sum())
-    if executed > target + costs.max() + 1e-9:
+    if executed > target + (0.5 * costs.sum() if synchronized else costs.max()) + 1e-9:
         raise ValueError(f"budget {budget} is out of reach under the caps (reached {fraction:.3f}): raise the "
                          f"budget, max_reuse ({max_reuse}) or step_error_cap ({step_error_cap}), or protect fewer steps")
     cells = []
@@ -108,9 +155,26 @@ def plan(calibration: Calibration, budget: float, protect_first: int = 2, protec
         cells.append(row)
     meta = {"method": "layercache", "budget": budget, "compute_fraction": fraction, "max_reuse": max_reuse,
             "max_k": max_k, "protect_first": protect_first, "protect_last": protect_last,
-            "step_error_cap": step_error_cap, "gamma": gamma}
+            "step_error_cap": step_error_cap, "gamma": gamma, "synchronized": synchronized}
     return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
                     cells, meta)
+
+
+def _step_costs(table: np.ndarray, weights: np.ndarray, protected: set, max_reuse: int, gamma: float):
+    """cost[a, c]: summed weighted error^gamma of every group reused on steps a+1 .. c-1 after computing step
+    a (each cell's best candidate at its horizon); inf where a run is longer than max_reuse, than the table's
+    horizon, or crosses a protected step."""
+    n, max_horizon = table.shape[0], table.shape[2] - 1
+    best = table.min(axis=-1)                                    # (N, G, H+1)
+    cost = np.full((n, n + 1), np.inf)
+    for a in range(n):
+        total = cost[a, a + 1] = 0.0
+        for j in range(a + 1, min(n, a + 1 + min(max_reuse, max_horizon))):
+            if j in protected:
+                break
+            total += float(weights @ best[j, :, j - a] ** gamma)
+            cost[a, j + 1] = total
+    return cost
 
 
 def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
@@ -121,13 +185,18 @@ def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
             for call in calls]
 
 
-def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, caps=({"max_reuse": 2},
-                  {"max_reuse": 3}, {"max_reuse": 4}), reference=None, **options) -> Schedule:
-    """The greedy plan, checked end to end (DESIGN.md §2): the teacher-forced error table cannot see how
-    errors injected early or upstream grow through later groups and steps, so plan once per cap setting,
-    run each plan on the calibration calls (never evaluation inputs) and keep the one whose final latents
-    are closest to the uncached ones (`reference`, from `reference_latents`; computed if not given).
-    Caps that cannot reach the budget are skipped."""
+# per-cell allocation under three caps on consecutive reuse; synchronized allocation with two error exponents
+VERIFIED_CAPS = (*({"max_reuse": r} for r in (2, 3, 4)), *({"synchronized": True, "gamma": g} for g in (1.0, 2.0)))
+
+
+def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, caps=VERIFIED_CAPS, reference=None,
+                  **options) -> Schedule:
+    """The plan checked end to end (DESIGN.md §2): the teacher-forced error table cannot see how errors
+    injected early or upstream grow through later groups and steps, so plan once per setting (per-cell and
+    synchronized allocation: VERIFIED_CAPS), run each plan on the calibration calls
+    (never evaluation inputs) and keep the one whose final latents are closest to the uncached ones
+    (`reference`, from `reference_latents`; computed if not given). Settings that cannot reach the budget
+    are skipped."""
     from . import disable, enable
 
     budget = check_budget(budget)

@@ -78,9 +78,48 @@ def test_planner_respects_max_reuse(cal):
             assert run_length <= 2
 
 
+def test_synchronized_plan_reuses_whole_steps_at_the_least_table_error(cal):
+    import itertools
+
+    import numpy as np
+
+    from layercache.planner import steps_for
+
+    schedule = plan(cal, 0.5, synchronized=True, gamma=1.0)
+    computed = [i for i, row in enumerate(schedule.cells) if row[0].compute]
+    assert all(len({cell.compute for cell in row}) == 1 for row in schedule.cells)  # all groups together
+    assert len(computed) == steps_for(0.5, STEPS) and {0, 1, STEPS - 1} <= set(computed)
+    assert schedule.meta["synchronized"] and schedule.compute_fraction == pytest.approx(len(computed) / STEPS)
+    # each reused cell takes its group's best candidate at its horizon, so groups may differ
+    table = cal.errors
+
+    def error(steps):
+        total, last = 0.0, 0
+        for i in range(STEPS):
+            if i in steps:
+                last = i
+                continue
+            if i - last > min(4, cal.max_horizon):
+                return np.inf
+            total += table[i, :, i - last].min(axis=-1).sum()
+        return total
+
+    for i, row in enumerate(schedule.cells):
+        last = max(c for c in computed if c <= i)
+        for g, cell in enumerate(row):
+            if not cell.compute:
+                assert table[i, g, i - last, cal.candidates.index((cell.predictor, cell.k))] == table[i, g, i - last].min()
+    # no other choice of as many computed steps (0, 1 and the last among them) has a smaller table error
+    free = range(2, STEPS - 1)
+    best = min(error({0, 1, STEPS - 1, *rest}) for rest in itertools.combinations(free, len(computed) - 3))
+    assert error(set(computed)) == pytest.approx(best)
+
+
 def test_budget_out_of_reach_says_what_to_change(cal):
     with pytest.raises(ValueError, match="out of reach"):
         plan(cal, 0.2, max_reuse=1)
+    with pytest.raises(ValueError, match="out of reach"):
+        plan(cal, 0.2, max_reuse=1, synchronized=True)
 
 
 def test_enable_twice_and_unsupported_models(tiny_pipe, cal):
@@ -223,7 +262,9 @@ def test_plan_verified_keeps_the_best_cap_on_calibration_calls(tiny_pipe, cal):
     calls = [{"label": [1, 7], "seed": 5}]
     schedule = plan_verified(tiny_pipe, cal, 0.6, calls)
     tried = schedule.meta["verified"]["calibration_mse"]
-    assert set(tried) <= {"max_reuse=2", "max_reuse=3", "max_reuse=4"} and tried
-    assert schedule.meta["max_reuse"] == int(min(tried, key=tried.get).split("=")[1])
-    assert 0.6 - max(cal.group_costs) < schedule.compute_fraction <= 0.6 + 1e-9
+    assert set(tried) <= {"max_reuse=2", "max_reuse=3", "max_reuse=4", "gamma=1.0,synchronized=True",
+                          "gamma=2.0,synchronized=True"} and len(tried) >= 3
+    chosen = dict(item.split("=") for item in min(tried, key=tried.get).split(","))
+    assert all(str(schedule.meta[k]) == v for k, v in chosen.items())
+    assert 0.6 - max(cal.group_costs) < schedule.compute_fraction <= 0.6 + 0.5 / STEPS + 1e-9
     assert untouched(tiny_pipe)
