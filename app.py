@@ -49,7 +49,9 @@ large K smooths noise; calibration picks K per group and step.
 step (only where it was computed); *computed/reused* shows the cache decisions (green = run, orange = reused;
 in-between = part of the group's blocks ran); *chosen K* is the predictor span used where a group was reused.
 
-**Methods.** *LayerCache* decides per group and step; *K=1* is the same plan with plain reuse only (no
+**Methods.** *LayerCache* decides per group and step; *whole steps* reuses all groups on the same steps, each
+with its own calibrated predictor and K (at low budgets it keeps closer to the uncached image: a group run on
+inputs that predicted groups upstream made drifts); *K=1* is the per-group plan with plain reuse only (no
 slope); *MeanCache* skips whole steps (no block runs) and extrapolates the model's output; *FirstBlockCache*
 (diffusers) runs the first block and skips the rest when its output changed less than the threshold.
 
@@ -196,7 +198,8 @@ def ideal_speedup(budget):
 
 def on_method(method):
     layercache = method != FBC
-    return gr.update(visible=not layercache), gr.update(interactive=layercache), gr.update(interactive=method == METHODS[0])
+    return (gr.update(visible=not layercache), gr.update(interactive=layercache),
+            gr.update(interactive=method in METHODS[:2]))
 
 
 def describe_calibration(model, steps, groups):

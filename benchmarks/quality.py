@@ -47,7 +47,7 @@ def main():
     print(f"bundled model, {args.steps} steps, {args.groups} groups, {len(seeds)} evaluation images "
           f"(seeds {seeds[0]}..{seeds[-1]}), calibration seeds {[c.get('seed') for c in cal.meta['calls']]}")
     print(f"{'budget':>6} {'variant':<22} {'compute':>7} {'ideal x':>7} {'PSNR dB':>8} {'min':>6} {'SSIM':>7}  "
-          f"max_reuse  chosen predictor:K (reused cells)")
+          f"{'allocation':<16} chosen predictor:K (reused cells)")
     for budget in budgets:
         for name, options in [("LayerCache (JVP)", {}), ("plain reuse (K=1)", {"max_k": 1})]:
             schedule = plan_verified(pipe, cal, budget, calibration_calls(), reference=calibration_reference,
@@ -60,8 +60,14 @@ def main():
             p, s = psnr(images, reference), ssim(images, reference)
             chosen = Counter(c.encode() for row in schedule.cells for c in row if not c.compute)
             print(f"{budget:>6.2f} {name:<22} {schedule.compute_fraction:>7.3f} {1 / schedule.compute_fraction:>7.2f} "
-                  f"{p.mean():>8.2f} {p.min():>6.1f} {s.mean():>7.4f}  {schedule.meta['max_reuse']:>9}  "
+                  f"{p.mean():>8.2f} {p.min():>6.1f} {s.mean():>7.4f}  {allocation(schedule.meta):<16} "
                   f"{', '.join(f'{k} ({v})' for k, v in sorted(chosen.items()))}", flush=True)
+
+
+def allocation(meta: dict) -> str:
+    if meta["synchronized"]:
+        return f"steps, gamma {meta['gamma']:g}"
+    return f"cells, runs <= {meta['max_reuse']}"
 
 
 if __name__ == "__main__":

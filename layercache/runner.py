@@ -318,7 +318,8 @@ class _Run:
 
 # --- what the app keeps across requests: pipelines, calibrations, schedules -----------------------------
 
-METHODS = ("LayerCache", "LayerCache, K=1 (no JVP)", "MeanCache", "FirstBlockCache (diffusers)")
+METHODS = ("LayerCache", "LayerCache, whole steps", "LayerCache, K=1 (no JVP)", "MeanCache",
+           "FirstBlockCache (diffusers)")
 HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
     ["a red fox in fresh snow, photograph", "an isometric city at night, neon signs", "a bowl of ramen, studio light",
      "portrait of an old fisherman, oil painting"], start=1)]
@@ -396,6 +397,8 @@ class Workbench:
             return MeanCacheMethod(meancache_schedule(cal, budget), name), source
         if name == "LayerCache, K=1 (no JVP)":
             schedule = plan(cal, budget, max_k=1, predictors=("slope",))
+        elif name == "LayerCache, whole steps":
+            schedule = plan(cal, budget, max_k=max_k, synchronized=True)
         else:
             schedule = plan(cal, budget, max_k=max_k)
         return LayerCacheMethod(schedule, name), source
