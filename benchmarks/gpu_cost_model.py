@@ -11,6 +11,7 @@ true ideal of the very schedules it ran.
 
 import argparse
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,8 @@ def one_step_flops(name: str, sigma: float):
     conds = [bench_gpu.inputs(name, transformer, None) for _ in bench_gpu.CONFIGS[name]["branches"]]
     latents = torch.empty(1, bench_gpu.IMAGE_GRID**2, transformer.config.in_channels, device="meta",
                           dtype=torch.bfloat16)
-    step = lambda: bench_gpu.sample(name, transformer, conds, latents, [sigma])  # noqa: E731
-    flops, other = measure_block_flops(transformer, step)
+    flops, other = measure_block_flops(transformer, partial(bench_gpu.sample, name, transformer, conds, latents,
+                                                            [sigma]))
     return transformer, flops, other
 
 
