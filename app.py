@@ -29,6 +29,8 @@ except ImportError:
         return lambda fn: fn
 
 DEFAULTS = space_defaults()
+# ZeroGPU runs each GPU call in a worker process, out of reach of stop(): there Gradio's own cancel stops it
+ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 FBC = "FirstBlockCache (diffusers)"
 MAX_STEPS = 200
 bench = Workbench()
@@ -103,10 +105,17 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
     A Stop ends the stream with a "Stopped" status of its own: sent by any other event, it could be drawn
     before the last step update still in flight and be overwritten by it."""
     session = _session(request)
-    if clicked_at is not None and _stopped_at.get(session, -math.inf) > clicked_at:
-        yield STOPPED, *[gr.skip()] * 9  # stopped while it waited in the queue
+    started = time.monotonic() if clicked_at is None else clicked_at
+    stopped_update = (STOPPED, *[gr.skip()] * 9)
+
+    def stopped():  # a Stop since the click: checked again between steps, as it may come before the run exists
+        return _stopped_at.get(session, -math.inf) > started
+
+    if stopped():
+        yield stopped_update  # stopped while it waited in the queue
         return
     _streaming.add(session)
+    stream = None
     try:
         check_inputs(model, prompt, seed, steps, budget, groups, max_k, method)
         seed, steps, groups, max_k = int(seed), int(steps), int(groups), int(max_k)
@@ -116,7 +125,10 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
         call = {"prompt": prompt, "guidance_scale": float(guidance)}
         grids = viz.empty_grids(steps, groups)
         skip = [gr.skip()] * 3
-        for event in runner.run(call, seed, steps, cached, groups):
+        stream = runner.run(call, seed, steps, cached, groups)
+        for event in stream:
+            if stopped():
+                break
             if event["kind"] == "step":
                 viz.record_step(grids, event)
                 t = event["elapsed_s"]
@@ -128,10 +140,12 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
             else:
                 yield final_outputs(event, grids, max_k, source)
                 return
-        yield STOPPED, *[gr.skip()] * 9
+        yield stopped_update
     except ValueError as err:
         raise gr.Error(" ".join(str(err).split())) from None
     finally:
+        if stream is not None:
+            stream.close()  # ends the run and detaches the cache if we left the loop early
         _streaming.discard(session)
 
 
@@ -269,12 +283,14 @@ def build_demo() -> gr.Blocks:
         inputs = [model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold]
         outputs = [status, uncached, cached, *plots, metrics, diff, slider, calibration]
         clicked_at = gr.State()
-        run_btn.click(time.monotonic, None, clicked_at, queue=False, api_visibility="private").then(
+        run_event = run_btn.click(time.monotonic, None, clicked_at, queue=False, api_visibility="private").then(
             run, [*inputs, clicked_at], outputs, api_name="run", concurrency_id="device", show_progress_on=[status])
         explore_event = explore_btn.click(explore, [model, prompt, seed, steps, groups, max_k, guidance],
                                           [velocity_plot, stability_plot, explore_note], api_name="explore",
                                           concurrency_id="device", show_progress_on=[explore_note])
-        stop_btn.click(stop, None, None, cancels=[explore_event], concurrency_limit=None, api_name="stop")
+        # not queued: a Stop must get through a full queue and land before a Run clicked right after it
+        stop_btn.click(stop, None, None, cancels=[explore_event, *([run_event] if ZERO_GPU else [])], queue=False,
+                       api_name="stop")
         model.change(on_model, model, [model_note, steps, guidance], api_visibility="private")
         budget.change(ideal_speedup, budget, speedup, api_visibility="private", queue=False)
         method.change(on_method, method, [threshold, budget, max_k], api_visibility="private", queue=False)

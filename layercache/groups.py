@@ -61,7 +61,8 @@ def measure_block_flops(transformer: torch.nn.Module, run) -> tuple[list[float],
     prefix = type(transformer).__name__
     blocks = [float(sum(counts.get(f"{prefix}.{name}", {}).values())) for name, _ in find_blocks(transformer)]
     if not all(f > 0 for f in blocks):
-        raise RuntimeError(f"no FLOPs were counted for some blocks of {prefix}: did run() call the transformer?")
+        raise ValueError(f"no FLOPs were counted for some blocks of {prefix}: call the transformer itself (not "
+                         f"wrapped in another module), so that its blocks are named {prefix}.<block list>.<index>")
     return blocks, float(sum(counts.get("Global", {}).values())) - sum(blocks)
 
 

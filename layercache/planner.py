@@ -109,12 +109,17 @@ def plan(calibration: Calibration, budget: float, protect_first: int = 2, protec
         return sum(weights[g] * best(i, g, horizon(i, g))[0] for g in range(g_count) if not compute[i, g])
 
     if synchronized:
+        if step_error_cap is not None:
+            raise ValueError("step_error_cap applies to per-group plans only; leave it out with synchronized=True")
         for i in range(1, n):
             compute[i] = False
         try:
             steps = shortest_schedule(_step_costs(table, weights, protected, max_reuse, gamma), steps_for(budget, n))
         except ValueError:
-            steps = range(n)  # no finite path: reported as out of reach below
+            raise ValueError(f"budget {budget} is out of reach for whole-step plans: {steps_for(budget, n)} computed "
+                             f"steps cannot cover {n} with runs of at most {min(max_reuse, cal.max_horizon)} reused "
+                             f"steps between protected ones; raise the budget or max_reuse, or protect fewer "
+                             f"steps") from None
         for i in steps:
             compute[i] = True
         executed = compute.sum(axis=0) @ costs
@@ -172,7 +177,7 @@ def _step_costs(table: np.ndarray, weights: np.ndarray, protected: set, max_reus
         for j in range(a + 1, min(n, a + 1 + min(max_reuse, max_horizon))):
             if j in protected:
                 break
-            total += float(weights @ best[j, :, j - a] ** gamma)
+            total += float(np.where(weights > 0, weights * best[j, :, j - a] ** gamma, 0.0).sum())
             cost[a, j + 1] = total
     return cost
 

@@ -207,9 +207,9 @@ class LockstepRunner:
         self._active: "_Run | None" = None
 
     def cancel(self) -> None:
-        with self._lock:
-            if self._active is not None:
-                self._active.stop()
+        active = self._active  # no lock: a Stop must not wait for a calibration that holds it
+        if active is not None:
+            active.stop()
 
     def run(self, call: dict, seed: int, num_steps: int, method, num_groups: int = 4) -> Iterator[dict]:
         """call: pipeline arguments besides generator/steps/output, e.g. {"prompt": "7", "guidance_scale": 3}."""

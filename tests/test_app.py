@@ -98,6 +98,22 @@ def test_stop_from_another_session_leaves_the_run_alone(client):
     assert outputs[-1][0].startswith("**Done")
 
 
+def test_a_stop_before_the_run_exists_is_not_lost(monkeypatch):
+    import app
+
+    prepare = app.bench.method
+
+    def stopped_while_preparing(*args, **kwargs):  # e.g. while a hub model calibrates
+        app.stop(None)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(app.bench, "method", stopped_while_preparing)
+    outputs = list(app.run(*GOOD))
+    assert len(outputs) == 1 and outputs[0][0].startswith("**Stopped")
+    monkeypatch.undo()
+    assert list(app.run(*GOOD))[-1][0].startswith("**Done")  # and the next run is not stopped
+
+
 def test_a_run_stopped_while_queued_never_starts():
     import time
 

@@ -118,8 +118,11 @@ def test_synchronized_plan_reuses_whole_steps_at_the_least_table_error(cal):
 def test_budget_out_of_reach_says_what_to_change(cal):
     with pytest.raises(ValueError, match="out of reach"):
         plan(cal, 0.2, max_reuse=1)
-    with pytest.raises(ValueError, match="out of reach"):
+    with pytest.raises(ValueError, match="out of reach.*max_reuse"):
         plan(cal, 0.2, max_reuse=1, synchronized=True)
+    with pytest.raises(ValueError, match="per-group plans only"):
+        plan(cal, 0.5, synchronized=True, step_error_cap=0.3)
+    assert plan(cal, 0.5, synchronized=True, group_weights=[0, 1, 1, 1]).compute_fraction == pytest.approx(0.5)
 
 
 def test_enable_twice_and_unsupported_models(tiny_pipe, cal):
