@@ -11,7 +11,7 @@ one step; ties go to *more* compute for the peer). Methods driven by a threshold
 their own rules allow, each explained where it is built; the realized fraction is what gets reported.
 
 Methods (names as on the command line):
-  layercache          greedy plan over (step, group, K), 4 groups                       (DESIGN.md §2)
+  layercache          plan over (step, group, K), 4 groups, per-group or whole-step, checked end to end
   layercache-k1       ablation: K fixed to 1 (plain reuse, no JVP)
   layercache-g1       ablation: one group (the whole block stack decided per step)
   layercache-uniform  ablation: no greedy allocator; every group reused on the same evenly spread steps,
@@ -50,14 +50,13 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from .calibrate import Calibration, _call_kwargs, calibrate
 from .groups import model_spec
 from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
-from .planner import check_budget, plan_verified, reference_latents, shortest_schedule, steps_for
+from .planner import (check_budget, plan_verified, reference_latents, schedule_from_mask, shortest_schedule,
+                      steps_for)
 from .metrics import BlockCounter
 from .predictors import predict
 from .schedule import Cell, Schedule
 from .telemetry import Telemetry
 
-
-# ---------------------------------------------------------------- measuring realized compute
 
 # ---------------------------------------------------------------- the interface
 
@@ -168,24 +167,8 @@ def _layercache_g1(ctx, budget):
 def _grid_schedule(cal: Calibration, compute: np.ndarray, pick_k: bool, meta: dict) -> Schedule:
     """A Schedule from a (N, G) compute mask; reused cells get the calibrated best candidate at their
     horizon (pick_k) or plain reuse."""
-    cells = []
-    for i, row in enumerate(compute):
-        cells.append([])
-        for g, on in enumerate(row):
-            if on:
-                cells[-1].append(Cell(True))
-                continue
-            h = 1
-            while not compute[i - h, g]:
-                h += 1
-            errors = cal.errors[i, g, h] if pick_k and h <= cal.max_horizon else None
-            if errors is None or not np.isfinite(errors).any():
-                cells[-1].append(Cell(False, "slope", 1))
-            else:
-                kind, k = cal.candidates[int(np.argmin(errors))]
-                cells[-1].append(Cell(False, kind, k))
-    return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
-                    cells, meta)
+    plain = [c for c, candidate in enumerate(cal.candidates) if tuple(candidate) == ("slope", 1)]
+    return schedule_from_mask(cal, compute, meta, None if pick_k else plain)
 
 
 def _free_steps(n, protect_first=2, protect_last=1):
@@ -483,7 +466,7 @@ def _fewer_steps(ctx, budget):
 
 
 METHODS = {m.name: m for m in [
-    Method("layercache", "greedy (step, group, K) plan checked end to end, 4 groups", _layercache),
+    Method("layercache", "(step, group, K) plan checked end to end, 4 groups", _layercache),
     Method("layercache-k1", "ablation: K fixed to 1 (no JVP)", _layercache_k1),
     Method("layercache-g1", "ablation: a single group", _layercache_g1),
     Method("layercache-uniform", "ablation: evenly spread reuse, no greedy allocator", _layercache_uniform),

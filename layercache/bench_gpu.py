@@ -187,9 +187,6 @@ def run_config(name, budgets, steps, groups, repeats):
         print(f"{label:<12} {fraction:>7.3f} {1000 * step:>8.1f} {total:>8.2f} {base_total / total:>8.3f} "
               f"{1 / fraction:>6.3f} {base_total / total * fraction:>6.3f} {(weights + peak) / 2**30:>9.2f} "
               f"{(peak - base_peak) / 2**30:>9.2f} {held / 2**30:>9.2f}", flush=True)
-    del transformer
-    if _cuda():
-        torch.cuda.empty_cache()
 
 
 def main(argv=None):
@@ -212,6 +209,8 @@ def main(argv=None):
     print(f"GPU: {torch.cuda.get_device_name() if _cuda() else 'none (cpu smoke run)'}, torch {torch.__version__}, bf16")
     for name in models:
         run_config(name, budgets, args.steps, args.groups, args.repeats)
+        if _cuda():
+            torch.cuda.empty_cache()  # the model was freed with run_config's frame: hand its memory back
 
 
 if __name__ == "__main__":

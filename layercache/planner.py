@@ -111,8 +111,6 @@ def plan(calibration: Calibration, budget: float, protect_first: int = 2, protec
     if synchronized:
         if step_error_cap is not None:
             raise ValueError("step_error_cap applies to per-group plans only; leave it out with synchronized=True")
-        for i in range(1, n):
-            compute[i] = False
         try:
             steps = shortest_schedule(_step_costs(table, weights, protected, max_reuse, gamma), steps_for(budget, n))
         except ValueError:
@@ -120,47 +118,59 @@ def plan(calibration: Calibration, budget: float, protect_first: int = 2, protec
                              f"steps cannot cover {n} with runs of at most {min(max_reuse, cal.max_horizon)} reused "
                              f"steps between protected ones; raise the budget or max_reuse, or protect fewer "
                              f"steps") from None
-        for i in steps:
-            compute[i] = True
+        compute[:] = False
+        compute[steps] = True
         executed = compute.sum(axis=0) @ costs
-    heap = [] if synchronized else [(-key(i, g), i, g) for i in range(n) for g in range(g_count) if i not in protected]
-    heapq.heapify(heap)
-    while heap and executed > target + 1e-9:
-        neg, i, g = heapq.heappop(heap)
-        if not compute[i, g]:
-            continue
-        fresh = key(i, g)
-        if fresh < -neg - 1e-12:
-            heapq.heappush(heap, (-fresh, i, g))   # stale: its horizon grew since it was pushed
-            continue
-        if not np.isfinite(best(i, g, horizon(i, g))[0]):
-            continue
-        compute[i, g] = False
-        affected = [i, *run_after(i, g)]
-        too_long = horizon(affected[-1], g) > max_reuse
-        too_wrong = step_error_cap is not None and any(step_error(j) > step_error_cap for j in affected)
-        if too_long or too_wrong or not all(np.isfinite(best(j, g, horizon(j, g))[0]) for j in affected):
-            compute[i, g] = True    # caps only tighten as more cells are reused: drop it for good
-            continue
-        executed -= costs[g]
+    else:
+        heap = [(-key(i, g), i, g) for i in range(n) for g in range(g_count) if i not in protected]
+        heapq.heapify(heap)
+        while heap and executed > target + 1e-9:
+            neg, i, g = heapq.heappop(heap)
+            if not compute[i, g]:
+                continue
+            fresh = key(i, g)
+            if fresh < -neg - 1e-12:
+                heapq.heappush(heap, (-fresh, i, g))   # stale: its horizon grew since it was pushed
+                continue
+            if not np.isfinite(best(i, g, horizon(i, g))[0]):
+                continue
+            compute[i, g] = False
+            affected = [i, *run_after(i, g)]
+            too_long = horizon(affected[-1], g) > max_reuse
+            too_wrong = step_error_cap is not None and any(step_error(j) > step_error_cap for j in affected)
+            if too_long or too_wrong or not all(np.isfinite(best(j, g, horizon(j, g))[0]) for j in affected):
+                compute[i, g] = True    # caps only tighten as more cells are reused: drop it for good
+                continue
+            executed -= costs[g]
 
     fraction = executed / (n * costs.sum())
     if executed > target + (0.5 * costs.sum() if synchronized else costs.max()) + 1e-9:
         raise ValueError(f"budget {budget} is out of reach under the caps (reached {fraction:.3f}): raise the "
                          f"budget, max_reuse ({max_reuse}) or step_error_cap ({step_error_cap}), or protect fewer steps")
-    cells = []
-    for i in range(n):
-        row = []
-        for g in range(g_count):
-            if compute[i, g]:
-                row.append(Cell(True))
-            else:
-                kind, k = cal.candidates[allowed[best(i, g, horizon(i, g))[1]]]
-                row.append(Cell(False, kind, k))
-        cells.append(row)
     meta = {"method": "layercache", "budget": budget, "compute_fraction": fraction, "max_reuse": max_reuse,
             "max_k": max_k, "protect_first": protect_first, "protect_last": protect_last,
             "step_error_cap": step_error_cap, "gamma": gamma, "synchronized": synchronized}
+    return schedule_from_mask(cal, compute, meta, allowed)
+
+
+def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, allowed=None) -> Schedule:
+    """A Schedule from an (N, G) compute mask: each reused cell takes its group's best allowed candidate at its
+    horizon (steps since the group last ran), or plain reuse where the table has none."""
+    allowed = list(range(len(cal.candidates))) if allowed is None else allowed
+    cells = []
+    for i, row in enumerate(compute):
+        cells.append([])
+        for g, on in enumerate(row):
+            if on:
+                cells[-1].append(Cell(True))
+                continue
+            h = 1
+            while i - h >= 0 and not compute[i - h, g]:
+                h += 1
+            errors = cal.errors[i, g, h, allowed] if allowed and h <= cal.max_horizon else np.full(1, np.inf)
+            c = int(np.argmin(errors))
+            kind, k = cal.candidates[allowed[c]] if np.isfinite(errors[c]) else ("slope", 1)
+            cells[-1].append(Cell(False, kind, k))
     return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
                     cells, meta)
 
