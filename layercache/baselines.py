@@ -47,7 +47,7 @@ from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from .calibrate import Calibration, _call_kwargs, calibrate
+from .calibrate import Calibration, call_kwargs, calibrate
 from .groups import model_spec
 from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
 from .planner import (check_budget, plan_verified, reference_latents, schedule_from_mask, shortest_schedule,
@@ -113,7 +113,7 @@ class BenchContext:
     def run_tuning(self) -> int:
         """One uncached-settings run on the first calibration call (never evaluation inputs); returns MACs."""
         with BlockCounter(self.pipe.transformer) as counter:
-            self.pipe(**_call_kwargs(self.calibration_calls[0]), num_inference_steps=self.num_steps,
+            self.pipe(**call_kwargs(self.calibration_calls[0]), num_inference_steps=self.num_steps,
                       output_type="latent")
         return counter.macs
 
@@ -378,7 +378,7 @@ def magcache_ratios(ctx) -> list[float]:
     try:
         with contextlib.redirect_stdout(printed):
             for call in ctx.calibration_calls:
-                ctx.pipe(**_call_kwargs(call), num_inference_steps=ctx.num_steps, output_type="latent")
+                ctx.pipe(**call_kwargs(call), num_inference_steps=ctx.num_steps, output_type="latent")
     finally:
         ctx.pipe.transformer.disable_cache()
     lists = [[float(x) for x in m.split(",")] for m in re.findall(r"^\[([^\]]*)\]$", printed.getvalue(), re.M)]

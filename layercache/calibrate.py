@@ -1,11 +1,15 @@
 """Calibration: run the uncached pipeline, record every group's residual per step and CFG branch, and
 turn the trajectories into the error table eps(step, group, horizon, candidate) the planner spends.
 
-eps(i, g, h, c) is the relative L1 error of candidate c = (predictor, K) at step i when group g was last
-computed h steps earlier, the steps in between predicted by the same candidate (teacher forcing: the
-history up to the last computed step is the reference). Residuals are compared on a fixed random subset
-of their coordinates (all of them for small models); the predictors are elementwise, so the subset's
-errors are those of the full tensors restricted to it.
+Predictors fit a group's *computed* residuals only (its anchors) and are linear in them, so the squared error
+of any prediction is a quadratic form in the residuals' inner products. Calibration therefore keeps, per
+group, the Gram matrix of the residuals over steps (mean over calibration trajectories and CFG branches):
+from it the planner scores any choice of anchors exactly, in microseconds (docs/design.md, "Error model").
+eps(i, g, h, c), kept for Explore, is the relative L2 error of candidate c = (predictor, K) at step i when
+group g was last computed h steps earlier, anchored on its K consecutive computed residuals ending there
+(teacher forcing: the anchors are the uncached run's). Residuals are compared on a fixed random subset of
+their coordinates (all of them for small models); the predictors are elementwise, so the subset's errors
+are those of the full tensors restricted to it.
 """
 
 import json
@@ -21,7 +25,7 @@ from .predictors import PREDICTORS, predict
 from .schedule import Schedule
 
 FORMAT = "layercache.calibration"
-VERSION = 1
+VERSION = 2  # 2: anchored predictors, Gram matrices
 
 
 @dataclass
@@ -33,6 +37,7 @@ class Calibration:
     group_costs: list
     candidates: list        # [(predictor, K)]
     errors: np.ndarray      # (N, G, H + 1, C); errors[i, g, h, c], inf where undefined
+    gram: np.ndarray        # (G, N, N) mean inner product of group g's residuals at steps i and j
     velocity_change: np.ndarray  # (N, G) relative L1 change of each group's residual, NaN at step 0
     outputs: np.ndarray     # (trajectories, N, S) transformer outputs on a coordinate subset (for MeanCache;
                             # saved as float16)
@@ -60,7 +65,7 @@ class Calibration:
                 "group_starts": self.group_starts, "num_blocks": self.num_blocks, "group_costs": self.group_costs,
                 "candidates": self.candidates, "meta": self.meta}
         with open(path, "wb") as f:  # np.savez would append .npz to a path without it
-            np.savez_compressed(f, meta=np.array(json.dumps(meta)), errors=self.errors,
+            np.savez_compressed(f, meta=np.array(json.dumps(meta)), errors=self.errors, gram=self.gram,
                                 velocity_change=self.velocity_change, outputs=self.outputs.astype(np.float16))
 
     @classmethod
@@ -71,17 +76,19 @@ class Calibration:
         try:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
-                arrays = {k: data[k] for k in ("errors", "velocity_change", "outputs")}
+                arrays = {k: data[k] for k in ("errors", "gram", "velocity_change", "outputs")}
                 arrays["outputs"] = arrays["outputs"].astype(np.float32)  # stored as float16 to keep files small
         except Exception as err:
             raise ValueError(f"calibration file {path} is corrupt or not a calibration ({type(err).__name__})") from None
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"{path} is not a version-{VERSION} LayerCache calibration")
+            raise ValueError(f"{path} is not a version-{VERSION} LayerCache calibration: calibrate again "
+                             f"(`python -m layercache calibrate`, or delete it from the app's cache folder)")
         n, g = len(meta["sigmas"]), len(meta["group_starts"])
-        if arrays["errors"].shape[:2] != (n, g) or arrays["errors"].shape[3] != len(meta["candidates"]):
+        if arrays["errors"].shape[:2] != (n, g) or arrays["errors"].shape[3] != len(meta["candidates"]) \
+                or arrays["gram"].shape != (g, n, n):
             raise ValueError(f"calibration file {path} is inconsistent: error table shape {arrays['errors'].shape}")
         return cls(meta["model_id"], meta["sigmas"], meta["group_starts"], meta["num_blocks"], meta["group_costs"],
-                   [tuple(c) for c in meta["candidates"]], arrays["errors"], arrays["velocity_change"],
+                   [tuple(c) for c in meta["candidates"]], arrays["errors"], arrays["gram"], arrays["velocity_change"],
                    arrays["outputs"], meta["meta"])
 
     def check_fits(self, transformer, num_steps: int | None = None) -> None:
@@ -109,7 +116,7 @@ def sigma_grid(pipe, call: dict, num_inference_steps: int) -> list:
     return [float(s) for s in pipe.scheduler.sigmas[:num_inference_steps]]
 
 
-def _call_kwargs(call: dict) -> dict:
+def call_kwargs(call: dict) -> dict:
     call = dict(call)
     if "seed" in call:
         call["generator"] = torch.Generator().manual_seed(int(call.pop("seed")))
@@ -134,7 +141,7 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     # the first step, run once to read the sigmas, also measures what each block costs at these token counts
     found = {}
     flops, _ = measure_block_flops(transformer, lambda: found.setdefault(
-        "sigmas", sigma_grid(pipe, _call_kwargs(calls[0]), num_inference_steps)))
+        "sigmas", sigma_grid(pipe, call_kwargs(calls[0]), num_inference_steps)))
     sigmas, layout = found["sigmas"], partition(transformer, num_groups, group_starts, costs=flops)
     schedule = Schedule.all_compute(model_id(transformer), sigmas, layout)
 
@@ -180,7 +187,7 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     try:
         for index, call in enumerate(calls):
             current["call"] = index
-            pipe(**_call_kwargs(call), num_inference_steps=num_inference_steps, output_type="latent")
+            pipe(**call_kwargs(call), num_inference_steps=num_inference_steps, output_type="latent")
             if progress is not None:
                 progress(index + 1, len(calls))
     finally:
@@ -191,7 +198,8 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     trajectories = torch.stack([torch.stack([torch.stack(residuals[k][i]) for i in range(num_inference_steps)])
                                 for k in keys])                      # (T, N, G, S)
     candidates = [(p, k) for p in predictors for k in sorted(set(k_values)) if not (p == "mean" and k == 1)]
-    errors = error_table(trajectories, sigmas, candidates, max_horizon)
+    gram = torch.einsum("tigs,tjgs->gij", trajectories.double(), trajectories.double()).numpy() / len(keys)
+    errors = error_table(gram, sigmas, candidates, max_horizon)
     change = (trajectories[:, 1:] - trajectories[:, :-1]).abs().sum(-1) / trajectories[:, :-1].abs().sum(-1)
     velocity = np.concatenate([np.full((1, layout.num_groups), np.nan), change.mean(0).numpy()], axis=0)
     out = np.stack([torch.stack(outputs[k]).numpy() for k in sorted(outputs)]) if outputs else np.zeros((0,))
@@ -199,25 +207,35 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
             "sample_size": sample_size, "block_flops": flops,
             "calls": [{k: v for k, v in c.items() if isinstance(v, (int, float, str))} for c in calls]}
     return Calibration(schedule.model_id, sigmas, list(layout.starts), layout.num_blocks, list(layout.costs),
-                       candidates, errors, velocity, out, meta)
+                       candidates, errors, gram, velocity, out, meta)
 
 
-def error_table(trajectories: torch.Tensor, sigmas: list, candidates: list, max_horizon: int) -> np.ndarray:
-    """errors[i, g, h, c]: chained prediction error, averaged over trajectories (T, N, G, S)."""
-    n_steps, n_groups = trajectories.shape[1], trajectories.shape[2]
+def prediction_weights(kind: str, k: int, anchor_sigmas: list, sigma_now: float, sigma_next: float) -> np.ndarray:
+    """The predictor's weight on each anchor (it is linear in them): predict it on the unit vectors."""
+    basis = list(torch.eye(len(anchor_sigmas), dtype=torch.float64))
+    return predict(kind, basis, list(anchor_sigmas), sigma_now, sigma_next, k).numpy()
+
+
+def relative_error(gram: np.ndarray, anchors: list, weights: np.ndarray, target: int) -> np.ndarray:
+    """Per group, ||sum_a w_a D_a - D_target|| / ||D_target|| from the Gram matrices (G, N, N)."""
+    idx = list(anchors) + [target]
+    coef = np.append(np.asarray(weights, dtype=float), -1.0)
+    sub = gram[:, idx][:, :, idx]                                   # (G, m+1, m+1)
+    squared = np.einsum("a,gab,b->g", coef, sub, coef)
+    return np.sqrt(np.maximum(squared, 0.0) / np.maximum(gram[:, target, target], 1e-30))
+
+
+def error_table(gram: np.ndarray, sigmas: list, candidates: list, max_horizon: int) -> np.ndarray:
+    """errors[i, g, h, c]: candidate c's relative L2 error at step i, anchored on the K consecutive steps
+    ending h steps earlier (fewer at the start of the run)."""
+    n_steps, n_groups = gram.shape[1], gram.shape[0]
     grid = list(sigmas) + [0.0]
     errors = np.full((n_steps, n_groups, max_horizon + 1, len(candidates)), np.inf)
-    norms = trajectories.abs().sum(-1).clamp_min(1e-12)           # (T, N, G)
-    longest_k = max(k for _, k in candidates)
     for start in range(n_steps - 1):                              # last computed step
         for c, (kind, k) in enumerate(candidates):
-            first = max(0, start + 1 - longest_k)
-            log = [trajectories[:, j] for j in range(first, start + 1)]
-            log_sigmas = grid[first:start + 1]
+            anchors = list(range(max(0, start + 1 - k), start + 1))
             for h in range(1, min(max_horizon, n_steps - 1 - start) + 1):
                 i = start + h
-                pred = predict(kind, log, log_sigmas, grid[i], grid[i + 1], k)
-                err = (pred - trajectories[:, i]).abs().sum(-1) / norms[:, i]   # (T, G)
-                errors[i, :, h, c] = err.mean(0).numpy()
-                log, log_sigmas = log + [pred], log_sigmas + [grid[i]]
+                weights = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
+                errors[i, :, h, c] = relative_error(gram, anchors, weights, i)
     return errors

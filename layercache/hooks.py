@@ -4,7 +4,8 @@ Shaped like diffusers' `hooks/first_block_cache.py`: a config dataclass, a state
 `cache_context` ("cond"/"uncond"; "default" where a pipeline sets none, as SD3's does), small hooks and
 one `apply_layer_cache` function. The model hook works out the step from the transformer's timestep
 (no supported pipeline passes it); the first block of a group either runs it or returns its inputs plus
-the predicted residual; the other blocks of a reused group pass their inputs through.
+the predicted residual; the other blocks of a reused group pass their inputs through. A group's log holds its
+last K *computed* residuals (its anchors), never predicted ones (docs/design.md, "Predictors").
 """
 
 import contextlib
@@ -182,8 +183,8 @@ class LayerCacheBlockHook(ModelHook):
         if history[-1][1] is not None and encoder is not None:
             d_encoder = predict(cell.predictor, [r[1] for r in history], sigmas, state.sigma, state.sigma_next,
                                 cell.k)
-        state.sigmas[g].append(state.sigma)
-        state.residuals[g].append((d_hidden, d_encoder))
+        # predictions are not logged: predictors fit computed residuals only, so an error made here is never
+        # extrapolated again (and the planner's error model, which scores anchors, stays exact)
         return self._as_output(hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
 
     def _log_computed(self, state, output):

@@ -1,26 +1,34 @@
-"""Greedy 3-D budget allocation over (step, group, K) (DESIGN.md §2).
+"""Budget allocation over (step, group, K), exact for the calibration's error model (docs/design.md, "Planner").
 
-Start with every cell computed; repeatedly reuse the cell with the highest saving per error,
-cost_g / (w_g * eps^gamma + delta), where eps is the error of its best candidate at its current horizon
-(how many steps since the group was last computed). Reusing a cell lengthens the horizon of the reused
-cells after it, so keys are recomputed lazily when popped. A cell is rejected if it makes a group's run
-of consecutive reuses longer than `max_reuse`, or a step's summed error exceed `step_error_cap`.
-Stops when the executed fraction of block compute reaches the budget.
+Predictors fit a group's *computed* residuals only (its anchors), so the error of a reused cell depends only on
+the group's last computed steps before it, never on what the plan predicted elsewhere. With the span-2 slope,
+that is the last two computed steps (p, a); a plan's error is then a sum over runs of reused cells, and the plan
+with B computed steps of least error is a shortest path over states (p, a): exact dynamic programming on the
+calibration's Gram matrices, no caps, no protected steps, no tuning per step count.
 
-`synchronized=True` allocates whole steps instead: all groups are reused on the same steps, each group
-with its own best candidate, and the round(N·budget) computed steps are those that minimize the summed
-error^gamma of all reused cells (a shortest path, exact for the table). At low budgets this wins: a group
-computed on inputs that predicted groups upstream made makes errors the teacher-forced table cannot see.
-`plan_verified` tries both.
+Two allocations, sharing that path search:
+  "steps"  (default) all groups computed on the same steps, each reused group with its own predictor and K.
+  "groups" each group its own computed steps; the budget split across groups exactly (a knapsack over each
+           group's error-versus-steps frontier).
+The error model is teacher-forced: it cannot see that a group computed on inputs that predicted groups upstream
+made drifts, nor how an early error grows by the end, which is why `plan_verified` runs candidate plans end to
+end on the calibration calls and keeps the best.
+After the path search each reused cell takes the allowed (predictor, K) whose error on its real anchors is
+least (K >= 3 enter here: they need more anchors than the path's state holds).
 """
 
-import heapq
 import math
 
 import numpy as np
 
-from .calibrate import Calibration
+from .calibrate import Calibration, call_kwargs, prediction_weights, relative_error
 from .schedule import Cell, Schedule
+
+ALLOCATIONS = ("steps", "groups")
+
+
+class OutOfReach(ValueError):
+    """The budget cannot be met under the plan's constraints (a ValueError, so callers may catch either)."""
 
 
 def check_budget(budget) -> float:
@@ -37,7 +45,7 @@ def steps_for(budget: float, num_steps: int) -> int:
 def shortest_schedule(cost: np.ndarray, budget_steps: int) -> list[int]:
     """The computed steps (exactly `budget_steps`, step 0 among them) minimizing the summed edge cost of
     consecutive computed steps (and of the last one to the end, column N). Dynamic programming, O(B·N²).
-    Shared by synchronized plans and MeanCache."""
+    MeanCache's schedule; LayerCache's own search (`_paths`) carries two anchors instead of one."""
     n = cost.shape[0]
     if not 1 <= budget_steps <= n:
         raise ValueError(f"a schedule needs from 1 to {n} computed steps, got {budget_steps}")
@@ -59,160 +67,199 @@ def shortest_schedule(cost: np.ndarray, budget_steps: int) -> list[int]:
     return steps[::-1]
 
 
-def plan(calibration: Calibration, budget: float, protect_first: int = 2, protect_last: int = 1,
-         max_reuse: int = 4, max_k: int | None = None, predictors=None, step_error_cap: float | None = None,
-         gamma: float = 2.0, delta: float = 1e-6, group_weights=None, synchronized: bool = False) -> Schedule:
+# ---------------------------------------------------------------- error model
+
+def cell_errors(cal: Calibration, group: int, use_slope: bool, gamma: float) -> np.ndarray:
+    """cost[p, a, i]: the cost of reusing group `group` at step i when its last two computed steps are p < a
+    (p = N: a is its only one), the better of plain reuse and the span-2 slope. Squared L2 error relative to
+    the step's summed residual energy over all groups, weighted by the step's share of sigma (an error in the
+    velocity moves the sample by dsigma times it), to the power gamma / 2; inf where undefined."""
+    m = cal.gram[group].astype(np.float64)
+    n = cal.num_steps
+    grid = np.append(np.asarray(cal.sigmas, dtype=np.float64), 0.0)
+    dsigma = (grid[:-1] - grid[1:]) / ((grid[0] - grid[-1]) / n)
+    scale = np.maximum(np.einsum("gii->i", cal.gram.astype(np.float64)), 1e-30) / dsigma ** 2   # (N,)
+    d = np.diag(m)
+    plain = (d[:, None] - 2 * m + d[None, :]) / scale[None, :]                                  # [a, i]
+    cost = np.broadcast_to(plain, (n + 1, n, n)).copy()
+    if use_slope:
+        p, a, i = np.ix_(range(n), range(n), range(n))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = (grid[i] - grid[a]) / (grid[a] - grid[p])
+            b = (d[a] - m[p, a] - m[a, i] + m[p, i]) / scale[i]      # <D_a - D_i, D_a - D_p>
+            c = (d[a] - 2 * m[p, a] + d[p]) / scale[i]               # |D_a - D_p|^2
+            slope = plain[None] + 2 * r * b + r ** 2 * c
+        valid = (p < a) & (a < i)
+        cost[:n] = np.where(valid, np.minimum(cost[:n], np.maximum(slope, 0.0)), np.inf)
+    cost[:n][np.arange(n)[:, None] >= np.arange(n)[None, :]] = np.inf   # p >= a is no state
+    cost = np.maximum(cost, 0.0) ** (gamma / 2)
+    cost[:, np.arange(n)[:, None] >= np.arange(n)[None, :]] = 0.0     # i <= a: not a reused cell of this run
+    return cost
+
+
+def _runs(cell: np.ndarray, max_reuse: int | None) -> np.ndarray:
+    """run[p, a, c]: summed cost of reusing every step a+1 .. c-1 after computing a (c = N: to the end);
+    inf where c <= a, the state is none, or the run is longer than max_reuse."""
+    n = cell.shape[1]
+    run = np.full((n + 1, n, n + 1), np.inf)
+    run[:, :, 1:] = np.cumsum(cell, axis=2)
+    a, c = np.arange(n)[:, None], np.arange(n + 1)[None, :]
+    run[:, (c <= a) | ((c - a - 1 > max_reuse) if max_reuse is not None else False)] = np.inf
+    return run
+
+
+def _paths(run: np.ndarray, counts) -> dict:
+    """{j: (cost, computed steps)} for each j in counts: the least-cost choice of exactly j computed steps
+    (step 0 first), a shortest path over states (previous computed step, last computed step)."""
+    n = run.shape[1]
+    best = np.full((n + 1, n), np.inf)
+    best[n, 0] = 0.0                     # one computed step, step 0, no earlier anchor
+    parents, found = {}, {}
+    for j in range(1, max(counts) + 1):
+        if j in counts:
+            finals = best + run[:, :, n]
+            p, a = np.unravel_index(int(np.argmin(finals)), finals.shape)
+            steps, back = [int(a)], j
+            while back > 1:
+                steps.append(int(p))
+                p, a = parents[back - 1][p, a], p
+                back -= 1
+            found[j] = (float(finals.min()), steps[::-1])
+        if j == max(counts):
+            break
+        totals = best[:, :, None] + run[:, :, :n]                # (p, a, c)
+        parents[j] = totals.argmin(axis=0)                          # [a, c] -> p
+        best = np.full((n + 1, n), np.inf)
+        best[:n] = totals.min(axis=0)
+    return found
+
+
+# ---------------------------------------------------------------- the two allocations
+
+def _steps_allocation(cal, budget, use_slope, gamma, max_reuse):
+    n = cal.num_steps
+    cell = sum(cell_errors(cal, g, use_slope, gamma) for g in range(cal.num_groups))
+    count = steps_for(budget, n)
+    error, steps = _paths(_runs(cell, max_reuse), {count})[count]
+    if not np.isfinite(error):
+        raise OutOfReach(f"budget {budget} is out of reach: {count} computed steps cannot cover {n} with runs of "
+                         f"at most {max_reuse} reused steps; raise the budget or max_reuse")
+    compute = np.zeros((n, cal.num_groups), dtype=bool)
+    compute[steps] = True
+    return compute, error
+
+
+def _groups_allocation(cal, budget, use_slope, gamma, max_reuse):
+    n, costs = cal.num_steps, np.asarray(cal.group_costs, dtype=float)
+    per_group = [_paths(_runs(cell_errors(cal, g, use_slope, gamma), max_reuse), set(range(1, n + 1)))
+                 for g in range(cal.num_groups)]
+    # knapsack over the groups' (compute, error) frontiers, keeping only non-dominated partial choices
+    frontier = [(0.0, 0.0, ())]
+    for g, found in enumerate(per_group):
+        merged = sorted((spent + costs[g] * j, error + found[j][0], picks + (j,))
+                        for spent, error, picks in frontier for j in found if np.isfinite(found[j][0]))
+        frontier, least = [], np.inf
+        for point in merged:
+            if point[1] < least - 1e-15:
+                frontier.append(point)
+                least = point[1]
+    target = budget * n * costs.sum() + 1e-9 * costs.sum()
+    affordable = [point for point in frontier if point[0] <= target]
+    if not affordable:
+        raise OutOfReach(f"budget {budget} is out of reach for per-group plans under max_reuse={max_reuse}; raise "
+                         f"the budget or max_reuse")
+    _, error, picks = min(affordable, key=lambda point: point[1])
+    compute = np.zeros((n, cal.num_groups), dtype=bool)
+    for g, j in enumerate(picks):
+        compute[per_group[g][j][1], g] = True
+    return compute, error
+
+
+def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
+         predictors=None, max_reuse: int | None = None, gamma: float = 2.0) -> Schedule:
+    """The plan of least predicted error that executes at most `budget` of the block compute.
+
+    Args:
+        calibration: from `calibrate` (or `Calibration.load`), for the model, step count and grouping to run.
+        budget: fraction of block compute to execute, in (0, 1]; whole-step plans compute round(N·budget) steps.
+        allocation: "steps" (all groups on the same steps; the default) or "groups" (each group its own steps).
+        max_k: largest predictor span K (1 = plain reuse only); None allows every calibrated K.
+        predictors: predictor kinds allowed (default: all calibrated ones).
+        max_reuse: longest run of consecutive reused steps of a group; None for no limit.
+        gamma: errors enter the objective as error**gamma (2: squared errors add up).
+
+    Example:
+        >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
+        >>> schedule = layercache.plan(cal, budget=0.5)      # 2x fewer block FLOPs
+        >>> schedule.save("fox_30steps_b0.5.json")
+    """
     budget = check_budget(budget)
     cal = calibration
-    n, g_count = cal.num_steps, cal.num_groups
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
     if max_k is not None and (isinstance(max_k, bool) or not isinstance(max_k, int) or max_k < 1):
         raise ValueError(f"largest K must be an integer >= 1, got {max_k!r}")
-    if not isinstance(max_reuse, int) or not 1 <= max_reuse <= cal.max_horizon:
-        raise ValueError(f"max_reuse must be from 1 to {cal.max_horizon} (the calibrated horizon), got {max_reuse!r}")
+    if max_reuse is not None and (isinstance(max_reuse, bool) or not isinstance(max_reuse, int) or max_reuse < 1):
+        raise ValueError(f"max_reuse must be an integer >= 1 or None, got {max_reuse!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
+        raise ValueError(f"gamma must be a positive number, got {gamma!r}")
     allowed = [c for c, (kind, k) in enumerate(cal.candidates)
                if (max_k is None or k <= max_k) and (predictors is None or kind in predictors)]
     if not allowed:
         raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
-    costs = np.asarray(cal.group_costs, dtype=float)
-    weights = np.ones(g_count) if group_weights is None else np.asarray(group_weights, dtype=float)
-    table = cal.errors[:, :, :, allowed]                        # (N, G, H+1, C')
-
-    compute = np.ones((n, g_count), dtype=bool)
-    protected = set(range(min(protect_first, n))) | set(range(max(n - protect_last, 0), n))
-    target = budget * n * costs.sum()
-    executed = n * costs.sum()
-
-    def horizon(i, g):  # steps since group g was last computed, if cell i is reused
-        h = 1
-        while i - h >= 0 and not compute[i - h, g]:
-            h += 1
-        return h
-
-    def best(i, g, h):
-        if h > cal.max_horizon:
-            return np.inf, 0
-        row = table[i, g, h]
-        c = int(np.argmin(row))
-        return float(row[c]), c
-
-    def key(i, g):
-        err, _ = best(i, g, horizon(i, g))
-        return costs[g] / (weights[g] * err ** gamma + delta)
-
-    def run_after(i, g):  # reused cells right after i
-        j = i + 1
-        while j < n and not compute[j, g]:
-            j += 1
-        return range(i + 1, j)
-
-    def step_error(i):
-        return sum(weights[g] * best(i, g, horizon(i, g))[0] for g in range(g_count) if not compute[i, g])
-
-    if synchronized:
-        if step_error_cap is not None:
-            raise ValueError("step_error_cap applies to per-group plans only; leave it out with synchronized=True")
-        try:
-            steps = shortest_schedule(_step_costs(table, weights, protected, max_reuse, gamma), steps_for(budget, n))
-        except ValueError:
-            raise ValueError(f"budget {budget} is out of reach for whole-step plans: {steps_for(budget, n)} computed "
-                             f"steps cannot cover {n} with runs of at most {min(max_reuse, cal.max_horizon)} reused "
-                             f"steps between protected ones; raise the budget or max_reuse, or protect fewer "
-                             f"steps") from None
-        compute[:] = False
-        compute[steps] = True
-        executed = compute.sum(axis=0) @ costs
-    else:
-        heap = [(-key(i, g), i, g) for i in range(n) for g in range(g_count) if i not in protected]
-        heapq.heapify(heap)
-        while heap and executed > target + 1e-9:
-            neg, i, g = heapq.heappop(heap)
-            if not compute[i, g]:
-                continue
-            fresh = key(i, g)
-            if fresh < -neg - 1e-12:
-                heapq.heappush(heap, (-fresh, i, g))   # stale: its horizon grew since it was pushed
-                continue
-            if not np.isfinite(best(i, g, horizon(i, g))[0]):
-                continue
-            compute[i, g] = False
-            affected = [i, *run_after(i, g)]
-            too_long = horizon(affected[-1], g) > max_reuse
-            too_wrong = step_error_cap is not None and any(step_error(j) > step_error_cap for j in affected)
-            if too_long or too_wrong or not all(np.isfinite(best(j, g, horizon(j, g))[0]) for j in affected):
-                compute[i, g] = True    # caps only tighten as more cells are reused: drop it for good
-                continue
-            executed -= costs[g]
-
-    fraction = executed / (n * costs.sum())
-    if executed > target + (0.5 * costs.sum() if synchronized else costs.max()) + 1e-9:
-        raise ValueError(f"budget {budget} is out of reach under the caps (reached {fraction:.3f}): raise the "
-                         f"budget, max_reuse ({max_reuse}) or step_error_cap ({step_error_cap}), or protect fewer steps")
-    meta = {"method": "layercache", "budget": budget, "compute_fraction": fraction, "max_reuse": max_reuse,
-            "max_k": max_k, "protect_first": protect_first, "protect_last": protect_last,
-            "step_error_cap": step_error_cap, "gamma": gamma, "synchronized": synchronized}
-    return schedule_from_mask(cal, compute, meta, allowed)
+    use_slope = any(tuple(cal.candidates[c]) == ("slope", 2) for c in allowed)
+    allocate = _steps_allocation if allocation == "steps" else _groups_allocation
+    compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse)
+    meta = {"method": "layercache", "allocation": allocation, "budget": budget, "max_k": max_k,
+            "max_reuse": max_reuse, "gamma": gamma, "predicted_error": error}
+    schedule = schedule_from_mask(cal, compute, meta, allowed)
+    schedule.meta["compute_fraction"] = schedule.compute_fraction
+    return schedule
 
 
 def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, allowed=None) -> Schedule:
-    """A Schedule from an (N, G) compute mask: each reused cell takes its group's best allowed candidate at its
-    horizon (steps since the group last ran), or plain reuse where the table has none."""
+    """A Schedule from an (N, G) compute mask: each reused cell takes the allowed (predictor, K) whose error on
+    the group's real anchors (its last computed steps) is least."""
     allowed = list(range(len(cal.candidates))) if allowed is None else allowed
-    cells = []
-    for i, row in enumerate(compute):
-        cells.append([])
-        for g, on in enumerate(row):
-            if on:
-                cells[-1].append(Cell(True))
+    grid = list(cal.sigmas) + [0.0]
+    cells = [[Cell(True) for _ in row] for row in compute]
+    for g in range(compute.shape[1]):
+        computed = []
+        for i in range(compute.shape[0]):
+            if compute[i, g]:
+                computed.append(i)
                 continue
-            h = 1
-            while i - h >= 0 and not compute[i - h, g]:
-                h += 1
-            errors = cal.errors[i, g, h, allowed] if allowed and h <= cal.max_horizon else np.full(1, np.inf)
-            c = int(np.argmin(errors))
-            kind, k = cal.candidates[allowed[c]] if np.isfinite(errors[c]) else ("slope", 1)
-            cells[-1].append(Cell(False, kind, k))
+            choices = []
+            for c in allowed:
+                kind, k = cal.candidates[c]
+                anchors = computed[-k:]
+                weights = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
+                choices.append((float(relative_error(cal.gram[g:g + 1], anchors, weights, i)[0]), k, kind))
+            _, k, kind = min(choices)  # ties go to the smaller K
+            cells[i][g] = Cell(False, kind, k)
     return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
                     cells, meta)
 
 
-def _step_costs(table: np.ndarray, weights: np.ndarray, protected: set, max_reuse: int, gamma: float):
-    """cost[a, c]: summed weighted error^gamma of every group reused on steps a+1 .. c-1 after computing step
-    a (each cell's best candidate at its horizon); inf where a run is longer than max_reuse, than the table's
-    horizon, or crosses a protected step."""
-    n, max_horizon = table.shape[0], table.shape[2] - 1
-    best = table.min(axis=-1)                                    # (N, G, H+1)
-    cost = np.full((n, n + 1), np.inf)
-    for a in range(n):
-        total = cost[a, a + 1] = 0.0
-        for j in range(a + 1, min(n, a + 1 + min(max_reuse, max_horizon))):
-            if j in protected:
-                break
-            total += float(np.where(weights > 0, weights * best[j, :, j - a] ** gamma, 0.0).sum())
-            cost[a, j + 1] = total
-    return cost
-
+# ---------------------------------------------------------------- checked end to end
 
 def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
     """Final latents of the uncached pipeline on each call: what `plan_verified` compares plans with."""
-    from .calibrate import _call_kwargs
-
-    return [pipe(**_call_kwargs(call), num_inference_steps=num_inference_steps, output_type="latent").images.float()
+    return [pipe(**call_kwargs(call), num_inference_steps=num_inference_steps, output_type="latent").images.float()
             for call in calls]
 
 
-# per-cell allocation under three caps on consecutive reuse; synchronized allocation with two error exponents
-VERIFIED_CAPS = (*({"max_reuse": r} for r in (2, 3, 4)), *({"synchronized": True, "gamma": g} for g in (1.0, 2.0)))
+# every allocation, with squared and with absolute errors
+VERIFIED_OPTIONS = tuple({"allocation": a, "gamma": g} for a in ALLOCATIONS for g in (2.0, 1.0))
 
 
-def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, caps=VERIFIED_CAPS, reference=None,
-                  **options) -> Schedule:
-    """The plan checked end to end (DESIGN.md §2): the teacher-forced error table cannot see how errors
-    injected early or upstream grow through later groups and steps, so plan once per setting (per-cell and
-    synchronized allocation: VERIFIED_CAPS), run each plan on the calibration calls
-    (never evaluation inputs) and keep the one whose final latents are closest to the uncached ones
-    (`reference`, from `reference_latents`; computed if not given). Settings that cannot reach the budget
-    are skipped."""
-    from . import disable, enable
+def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, candidates=VERIFIED_OPTIONS,
+                  reference=None, **options) -> Schedule:
+    """The plan checked end to end: plan once per option set in `candidates`, run each plan on the
+    calibration calls (never evaluation inputs) and keep the one whose final latents are closest to the uncached
+    ones (`reference`, from `reference_latents`; computed if not given). Option sets that cannot reach the
+    budget are skipped; argument errors reach the caller."""
+    from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
 
     budget = check_budget(budget)
     if not calls:
@@ -220,22 +267,27 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     steps = calibration.num_steps
     if reference is None:
         reference = reference_latents(pipe, calls, steps)
-    best, best_error, tried = None, np.inf, {}
-    for cap in caps:
+    best, best_error, tried, seen = None, np.inf, {}, {}
+    for option in candidates:
         try:
-            schedule = plan(calibration, budget, **{**options, **cap})
-        except ValueError:
+            schedule = plan(calibration, budget, **{**options, **option})
+        except OutOfReach:
             continue
-        enable(pipe, schedule, telemetry=False)
+        name = ",".join(f"{k}={v}" for k, v in sorted(option.items()))
+        cells = str([[c.encode() for c in row] for row in schedule.cells])
+        if cells in seen:   # the same plan as an earlier option: same end-to-end error
+            tried[name] = tried[seen[cells]]
+            continue
+        seen[cells] = name
+        apply_layer_cache(pipe.transformer, LayerCacheConfig(schedule, telemetry=False))
         try:
             latents = reference_latents(pipe, calls, steps)
         finally:
-            disable(pipe)
-        error = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
-        tried[",".join(f"{k}={v}" for k, v in sorted(cap.items()))] = error
-        if error < best_error:
-            best, best_error = schedule, error
+            remove_layer_cache(pipe.transformer)
+        tried[name] = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
+        if tried[name] < best_error:
+            best, best_error = schedule, tried[name]
     if best is None:
-        raise ValueError(f"budget {budget} is out of reach under every cap setting tried ({list(caps)})")
+        raise OutOfReach(f"budget {budget} is out of reach under every option tried ({list(candidates)})")
     best.meta["verified"] = {"calibration_mse": tried, "calls": len(calls)}
     return best

@@ -1,7 +1,8 @@
 """How a reused group's residual is predicted from its log (DESIGN.md §2). Pure tensor functions.
 
-A log holds the residual used at every step so far (computed or predicted), oldest first, with the
-sigma of each entry. Both predictors compute in fp32 and return the log's dtype. K = 1 is plain reuse.
+A log holds a group's last computed residuals (its anchors: predictions are never logged), oldest first, with
+the sigma of each entry. Both predictors are linear in the log, compute in fp32 and return the log's dtype.
+K = 1 is plain reuse.
 """
 
 import torch
@@ -10,7 +11,7 @@ PREDICTORS = ("slope", "mean")
 
 
 def slope(deltas: list, sigmas: list, sigma_now: float, k: int) -> torch.Tensor:
-    """JVP span-K: slope over the last K logged points, extrapolated to sigma_now.
+    """JVP span-K: slope over the last K anchors (first to last), extrapolated to sigma_now.
 
     Exact on any trajectory linear in sigma for K >= 2.
     """
