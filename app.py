@@ -43,19 +43,20 @@ HOW_TO_READ = """
 Each group adds a *residual* to the image and text streams. LayerCache decides per step and per group whether to
 run the group or to reuse its residual.
 
-**K.** A reused residual is extrapolated from the group's recent history: K = 1 is plain reuse of the last
-residual; K ≥ 2 fits a slope over the last K logged steps (the "JVP") and follows it. Small K follows curvature,
-large K smooths noise; calibration picks K per group and step.
+**K.** A reused residual is extrapolated from the group's last *computed* residuals (predictions are never
+extrapolated again): K = 1 is plain reuse of the last one; K ≥ 2 fits a slope over the last K computed steps (the
+"JVP") and follows it. The planner picks K per group and step from the calibration.
 
 **Heatmaps** (x = step, y = group): *velocity change* is how much the group's residual moved since the previous
 step (only where it was computed); *computed/reused* shows the cache decisions (green = run, orange = reused;
 in-between = part of the group's blocks ran); *chosen K* is the predictor span used where a group was reused.
 
-**Methods.** *LayerCache* decides per group and step; *whole steps* reuses all groups on the same steps, each
-with its own calibrated predictor and K (at low budgets it keeps closer to the uncached image: a group run on
-inputs that predicted groups upstream made drifts); *K=1* is the per-group plan with plain reuse only (no
-slope); *MeanCache* skips whole steps (no block runs) and extrapolates the model's output; *FirstBlockCache*
-(diffusers) runs the first block and skips the rest when its output changed less than the threshold.
+**Methods.** *LayerCache* picks the computed steps by an exact search over the calibration's error model and
+reuses every group on the others, each with its own predictor and K; *per group* lets each group run on its own
+steps (the budget split across groups; a group run on inputs that predicted groups upstream made can drift, which
+the error model cannot see); *K=1* is LayerCache with plain reuse only (no slope); *MeanCache* skips whole steps
+(no block runs) and extrapolates the model's output; *FirstBlockCache* (diffusers) runs the first block and skips
+the rest when its output changed less than the threshold.
 
 **Numbers.** PSNR/SSIM compare the cached image with the uncached one (same seed). *Compute speed-up* = blocks
 run uncached / blocks run cached; *wall speed-up* = uncached lane time / cached lane time (lanes take turns, so
@@ -172,7 +173,7 @@ def final_outputs(event, grids, max_k, source):
 @GPU(duration=DEFAULTS["gpu_duration_s"])
 def explore(model, prompt, seed, steps, groups, max_k, guidance, progress=gr.Progress()):
     try:
-        check_inputs(model, prompt, seed, steps, 1.0, groups, max_k, METHODS[0])
+        check_inputs(model, prompt, seed, steps, 1.0, groups, max_k, "LayerCache")
         progress(0, desc="running the uncached model once")
         cal = bench.explore(model, {"prompt": prompt, "guidance_scale": float(guidance)}, int(seed), int(steps),
                             int(groups), int(max_k))
@@ -213,7 +214,7 @@ def ideal_speedup(budget):
 def on_method(method):
     layercache = method != FBC
     return (gr.update(visible=not layercache), gr.update(interactive=layercache),
-            gr.update(interactive=method in METHODS[:2]))
+            gr.update(interactive=METHODS.get(method, False)))
 
 
 def describe_calibration(model, steps, groups):

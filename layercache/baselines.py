@@ -48,6 +48,7 @@ from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .calibrate import Calibration, call_kwargs, calibrate
+from .meancache import apply_meancache, meancache_schedule, remove_meancache
 from .groups import model_spec
 from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
 from .planner import (check_budget, plan_verified, reference_latents, schedule_from_mask, shortest_schedule,
@@ -157,7 +158,7 @@ def _layercache(ctx, budget):
 
 
 def _layercache_k1(ctx, budget):
-    return _with_schedule("layercache-k1", budget, _verified(ctx, 4, budget, max_k=1))
+    return _with_schedule("layercache-k1", budget, _verified(ctx, 4, budget, max_k=1, predictors=("slope",)))
 
 
 def _layercache_g1(ctx, budget):
@@ -212,115 +213,39 @@ def _fixed_interval(ctx, budget):
 
 # ---------------------------------------------------------------- MeanCache
 
-def meancache_costs(outputs: np.ndarray, sigmas: list, k_values=(1, 2, 3, 4), gamma: float = 2.0):
-    """Edge costs of MeanCache's shortest path, from calibrated transformer outputs (T, N, S).
-
-    cost[a, c] (0 <= a < c <= N; c = N is the end) is the cost of computing step a and next step c,
-    predicting the steps in between with MeanCache's estimator: the sum over skipped steps of the
-    relative L1 deviation (mean over trajectories) to the power gamma, history up to a taken from the
-    reference. best_k[a, c] is the window K that minimizes it; cost[a, a+1] = 0.
-    """
-    out = torch.from_numpy(np.asarray(outputs, dtype=np.float32))
-    n = out.shape[1]
-    grid = list(sigmas) + [0.0]
-    norms = out.abs().sum(-1).clamp_min(1e-12)
-    cost = np.full((n, n + 1), np.inf)
-    best_k = np.zeros((n, n + 1), dtype=int)
-    for a in range(n):
-        cost[a, a + 1], best_k[a, a + 1] = 0.0, 1
-        for k in k_values:
-            log = deque((out[:, j] for j in range(max(0, a + 1 - k), a + 1)), maxlen=k)
-            log_sigmas = deque(grid[max(0, a + 1 - k):a + 1], maxlen=k)
-            total = 0.0
-            for i in range(a + 1, n):
-                pred = predict("mean", list(log), list(log_sigmas), grid[i], grid[i + 1], k)
-                total += float(((pred - out[:, i]).abs().sum(-1) / norms[:, i]).mean()) ** gamma
-                log.append(pred)
-                log_sigmas.append(grid[i])
-                if total < cost[a, i + 1]:
-                    cost[a, i + 1], best_k[a, i + 1] = total, k
-    return cost, best_k
-
-
-def meancache_schedule(cal: Calibration, budget: float, gamma: float = 2.0, k_values=(1, 2, 3, 4)) -> Schedule:
-    """MeanCache as a one-group Schedule: each step 'compute' or 'mean:K' (K = the best K of its skip)."""
-    check_budget(budget)
-    if cal.outputs.ndim != 3 or cal.outputs.shape[1] != cal.num_steps:
-        raise ValueError("this calibration has no transformer outputs; recalibrate to run MeanCache")
-    n = cal.num_steps
-    cost, best_k = meancache_costs(cal.outputs, cal.sigmas, k_values, gamma)
-    computed = shortest_schedule(cost, steps_for(budget, n))
-    cells = [[Cell(True)] for _ in range(n)]
-    for a, c in zip(computed, computed[1:] + [n]):
-        for i in range(a + 1, c):
-            cells[i] = [Cell(False, "mean", int(best_k[a, c]))]
-    meta = {"method": "meancache", "budget": budget, "computed_steps": computed, "gamma": gamma,
-            "path_cost": float(sum(cost[a, c] for a, c in zip(computed, computed[1:] + [n])))}
-    return Schedule(cal.model_id, list(cal.sigmas), [0], cal.num_blocks, [1.0], cells, meta)
-
-
-class MeanCacheState(BaseState):
-    def __init__(self, log_length: int):
-        self.log_length = log_length
-        self.reset()
-
-    def reset(self):
-        self.step = -1
-        self.sigmas = deque(maxlen=self.log_length)
-        self.outputs = deque(maxlen=self.log_length)
-
-
-class MeanCacheHook(LayerCacheModelHook):
-    """On the transformer: a computed step runs it and logs its output; a cached step runs nothing and
-    returns MeanCache's prediction from the log of outputs (per cache context = per CFG branch). Steps are
-    found from the timestep exactly as LayerCache's model hook finds them."""
-
-    def __init__(self, state_manager, schedule: Schedule, timestep_per_sigma: float):
-        super().__init__(state_manager, schedule, Telemetry(1, enabled=False), timestep_per_sigma)
-
-    def new_forward(self, module, *args, **kwargs):
-        with self.default_context():
-            if kwargs.get("skip_layers") is not None:  # SD3 skip-layer guidance: an extra call, run it as is
-                return self.fn_ref.original_forward(*args, **kwargs)
-            state = self.state_manager.get_state()
-            step, sigma = self.advance(state, args, kwargs)
-            cell = self.schedule.cells[step][0]
-            if cell.compute or not state.outputs:
-                output = self.fn_ref.original_forward(*args, **kwargs)
-                velocity = output[0] if isinstance(output, tuple) else output.sample
-            else:
-                sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
-                velocity = predict("mean", list(state.outputs), list(state.sigmas), sigma, sigma_next, cell.k)
-                output = Transformer2DModelOutput(sample=velocity) if kwargs.get("return_dict", True) else (velocity,)
-            state.sigmas.append(sigma)
-            state.outputs.append(velocity)
-            return output
-
-
-_MEANCACHE_HOOK = "meancache"
-
-
-def apply_meancache(transformer, schedule: Schedule) -> None:
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_MEANCACHE_HOOK) is not None:
-        raise ValueError("MeanCache is already enabled on this transformer")
-    state_manager = StateManager(MeanCacheState, (max(schedule.max_k, 1),))
-    hook = MeanCacheHook(state_manager, schedule, model_spec(transformer)["timestep_per_sigma"])
-    registry.register_hook(hook, _MEANCACHE_HOOK)
-
-
-def remove_meancache(transformer) -> None:
-    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(_MEANCACHE_HOOK, recurse=False)
-
-
 def _meancache(ctx, budget):
-    schedule = meancache_schedule(ctx.calibration(4), budget)
-    point = OperatingPoint("meancache", budget, lambda pipe: apply_meancache(pipe.transformer, schedule),
-                           lambda pipe: remove_meancache(pipe.transformer), schedule.num_steps,
-                           schedule.compute_fraction)
-    point.params = {"computed_steps": schedule.meta["computed_steps"],
-                    "k": sorted({row[0].k for row in schedule.cells if not row[0].compute})}
-    return point
+    """MeanCache's step-cost exponent tuned per cell on the calibration calls (gamma 1 or 2)."""
+    cal = ctx.calibration(4)
+    points = []
+    for gamma in (2.0, 1.0):
+        schedule = meancache_schedule(cal, budget, gamma=gamma)
+        point = OperatingPoint("meancache", budget, lambda pipe, s=schedule: apply_meancache(pipe.transformer, s),
+                               lambda pipe: remove_meancache(pipe.transformer), schedule.num_steps,
+                               schedule.compute_fraction)
+        point.params = {"computed_steps": schedule.meta["computed_steps"], "gamma": gamma,
+                        "k": sorted({row[0].k for row in schedule.cells if not row[0].compute})}
+        points.append(point)
+    return tune(ctx, points)
+
+
+def tune(ctx, points: list) -> OperatingPoint:
+    """The operating point whose final latents on the calibration calls are closest to the uncached ones:
+    how every peer with a free setting is tuned, per (steps, budget) cell, never on evaluation inputs."""
+    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.calibration_calls,
+                                                                        ctx.num_steps))
+    best, best_error = None, np.inf
+    for point in points:
+        point.attach(ctx.pipe)
+        try:
+            latents = reference_latents(ctx.pipe, ctx.calibration_calls, point.num_inference_steps or ctx.num_steps)
+        finally:
+            point.detach(ctx.pipe)
+        error = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
+        point.params["calibration_mse"] = error
+        if error < best_error:
+            best, best_error = point, error
+    best.params["tuned_over"] = len(points)
+    return best
 
 
 # ---------------------------------------------------------------- diffusers peers
@@ -439,22 +364,27 @@ def taylorseer_computed_steps(interval: int, warmup: int, num_steps: int) -> int
 
 
 def _taylorseer(ctx, budget):
-    """TaylorSeer (first order, fp32 factors) on every whole block, so a predicted step runs no block.
-    It computes the first `warm-up` steps, then one step in `interval`; of the (interval, warm-up)
-    pairs that compute round(N·b) steps, the one with the shortest interval (most frequent refresh)."""
+    """TaylorSeer (fp32 factors) on every whole block, so a predicted step runs no block. It computes the first
+    `warm-up` steps, then one step in `interval`. Tuned per cell on the calibration calls: of the (interval,
+    warm-up) pairs that compute round(N·b) steps (up to four, most frequent refresh first), each with Taylor
+    order 1 and 2, the one closest to the uncached latents."""
     from diffusers import TaylorSeerCacheConfig
 
     n, target = ctx.num_steps, steps_for(budget, ctx.num_steps)
-    pairs = [(abs(taylorseer_computed_steps(i, w, n) - target), i, -w) for i in range(1, n + 1)
-             for w in range(1, n + 1)]
-    _, interval, warmup = min(pairs)
-    warmup = -warmup
-    config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=1,
-                                   taylor_factors_dtype=torch.float32,
-                                   cache_identifiers=[r"transformer_blocks\.\d+"])
-    planned = taylorseer_computed_steps(interval, warmup, n) / n
-    return _with_diffusers_cache("taylorseer", budget, config, planned,
-                                 {"cache_interval": interval, "disable_cache_before_step": warmup})
+    pairs = sorted((abs(taylorseer_computed_steps(i, w, n) - target), i, w) for i in range(1, n + 1)
+                   for w in range(1, n + 1))
+    closest = [(i, w) for miss, i, w in pairs if miss == pairs[0][0]][:4]
+    points = []
+    for interval, warmup in closest:
+        for order in (1, 2):
+            config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=order,
+                                           taylor_factors_dtype=torch.float32,
+                                           cache_identifiers=[r"transformer_blocks\.\d+"])
+            planned = taylorseer_computed_steps(interval, warmup, n) / n
+            points.append(_with_diffusers_cache("taylorseer", budget, config, planned,
+                                                {"cache_interval": interval, "disable_cache_before_step": warmup,
+                                                 "max_order": order}))
+    return tune(ctx, points)
 
 
 # ---------------------------------------------------------------- trivial baselines

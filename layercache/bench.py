@@ -64,6 +64,15 @@ def parse_budgets(text: str) -> list[float]:
     return sorted(set(budgets), reverse=True)
 
 
+def parse_steps(text) -> list[int]:
+    """'50' or '10,20,30,50' -> sorted unique step counts, each from 2 to 1000."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and 2 <= int(p) <= 1000 for p in parts):
+        raise ValueError(f"--steps takes step counts from 2 to 1000, one or a comma list such as 10,20,30,50; "
+                         f"got {text!r}")
+    return sorted({int(p) for p in parts})
+
+
 def parse_methods(text: str) -> list[str]:
     from .baselines import METHODS
 
@@ -96,15 +105,14 @@ def validate(args) -> dict:
     overlap = sorted(set(seeds) & set(CALIBRATION_SEEDS))
     if overlap:
         raise ValueError(f"seeds {overlap} are calibration seeds; evaluate on other seeds (e.g. 100-119)")
-    if isinstance(args.steps, bool) or not 2 <= args.steps <= 1000:
-        raise ValueError(f"--steps must be from 2 to 1000, got {args.steps}")
+    steps = parse_steps(args.steps)
     if args.repeats < 0:
         raise ValueError(f"--repeats must be >= 0 (0 skips timing), got {args.repeats}")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     for path, flag in ((args.out, "--out"), (args.html, "--html"), (args.png, "--png")):
         _writable(path, flag)
-    return {"methods": methods, "budgets": budgets, "seeds": seeds}
+    return {"methods": methods, "budgets": budgets, "seeds": seeds, "steps": steps}
 
 
 ARGUMENTS = [
@@ -114,7 +122,8 @@ ARGUMENTS = [
                                                           "(default: %(default)s)"}),
     (("--seeds",), {"default": "100-119", "help": "evaluation seeds: a range 100-119 or a comma list "
                                                   "(default: %(default)s)"}),
-    (("--steps",), {"type": int, "default": 50, "help": "denoising steps (default: %(default)s)"}),
+    (("--steps",), {"default": "50", "help": "denoising steps, one or a comma list such as 10,20,30,50 "
+                                           "(default: %(default)s)"}),
     (("--repeats",), {"type": int, "default": 3, "help": "timed pairs per operating point; 0 skips timing "
                                                          "(default: %(default)s)"}),
     (("--batch",), {"type": int, "default": 10, "help": "images per pipeline call (default: %(default)s)"}),
@@ -197,8 +206,8 @@ def _t(values):
     return torch.tensor(values)
 
 
-def summarize(images: list, timings: list, points: list) -> list[dict]:
-    """One record per (method, budget), from everyone's per-image and timing records."""
+def summarize(images: list, timings: list, points: list, steps: int) -> list[dict]:
+    """One record per (method, budget) at one step count, from everyone's per-image and timing records."""
     from .metrics import LPIPS_UNAVAILABLE
 
     records = []
@@ -210,7 +219,7 @@ def summarize(images: list, timings: list, points: list) -> list[dict]:
         ref_macs = sum(t["ref_macs"] for t in timed)
         point = next((p for p in points if (p.method, p.budget) == (method, budget)), None)
         record = {
-            "method": method, "budget": budget,
+            "method": method, "budget": budget, "steps": steps,
             "psnr": statistics.fmean(r["psnr"] for r in mine),
             "ssim": statistics.fmean(r["ssim"] for r in mine),
             "lpips": None, "lpips_reason": None,
@@ -237,28 +246,34 @@ def summarize(images: list, timings: list, points: list) -> list[dict]:
 # ---------------------------------------------------------------- figure
 
 def pareto_figure(records: list):
-    """PSNR against wall-clock speed-up (left) and against ideal speed-up = 1 / compute fraction (right)."""
+    """One row per step count: PSNR against wall-clock speed-up (left) and against ideal speed-up = 1 / compute
+    fraction (right)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=("PSNR vs wall-clock speed-up (this machine)",
-                                        "PSNR vs compute speed-up (1 / compute fraction)"))
+    step_counts = sorted({r.get("steps", 0) for r in records})
+    titles = [f"{title} — {steps} steps" for steps in step_counts
+              for title in ("PSNR vs wall-clock speed-up (this machine)", "PSNR vs compute speed-up (1 / compute)")]
+    fig = make_subplots(rows=len(step_counts), cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        vertical_spacing=0.3 / max(len(step_counts), 1), subplot_titles=titles)
     methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "uncached"))
     palette = ["#d62728", "#ff9896", "#e377c2", "#f7b6d2", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e",
                "#7f7f7f", "#8c564b", "#17becf", "#bcbd22"]
-    for index, method in enumerate(methods):
-        rows = sorted((r for r in records if r["method"] == method), key=lambda r: -r["budget"])
-        style = dict(color=palette[index % len(palette)], width=3 if method == "layercache" else 1.5)
-        hover = [f"{method}<br>budget {r['budget']:g}, compute {r['compute_fraction']:.3f}<br>PSNR {r['psnr']:.2f} dB,"
-                 f" SSIM {r['ssim']:.4f}<br>fidelity {r['fidelity']:.3f}" for r in rows]
-        for col, key in ((1, "speedup_wall"), (2, "speedup_ideal")):
-            fig.add_trace(go.Scatter(x=[r[key] for r in rows], y=[r["psnr"] for r in rows], mode="lines+markers",
-                                     name=method, legendgroup=method, showlegend=col == 1, line=style,
-                                     hovertext=hover, hoverinfo="text"), row=1, col=col)
+    for row, steps in enumerate(step_counts, start=1):
+        for index, method in enumerate(methods):
+            rows = sorted((r for r in records if r["method"] == method and r.get("steps", 0) == steps),
+                          key=lambda r: -r["budget"])
+            style = dict(color=palette[index % len(palette)], width=3 if method == "layercache" else 1.5)
+            hover = [f"{method}, {steps} steps<br>budget {r['budget']:g}, compute {r['compute_fraction']:.3f}<br>"
+                     f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}<br>fidelity {r['fidelity']:.3f}" for r in rows]
+            for col, key in ((1, "speedup_wall"), (2, "speedup_ideal")):
+                fig.add_trace(go.Scatter(x=[r[key] for r in rows], y=[r["psnr"] for r in rows], mode="lines+markers",
+                                         name=method, legendgroup=method, showlegend=row == 1 and col == 1,
+                                         line=style, hovertext=hover, hoverinfo="text"), row=row, col=col)
     fig.update_xaxes(title_text="speed-up ×")
-    fig.update_yaxes(title_text="PSNR vs uncached (dB)", row=1, col=1)
-    fig.update_layout(width=1300, height=560, template="plotly_white", title="LayerCache benchmark: quality vs speed")
+    fig.update_yaxes(title_text="PSNR vs uncached (dB)", col=1)
+    fig.update_layout(width=1300, height=120 + 420 * len(step_counts), template="plotly_white",
+                      title="LayerCache benchmark: quality vs speed")
     return fig
 
 
@@ -299,39 +314,43 @@ def run(args) -> list[dict]:
     log = (lambda message: tqdm.write(message, file=sys.stderr)) if main else (lambda message: None)
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    shipped = {g: shipped_calibration(args.model, args.steps, g) for g in (1, 4)}
-    ctx = BenchContext(pipe, args.steps, calibration_calls(), {g: p for g, p in shipped.items() if p.is_file()},
-                       log=log)
     seeds = settings["seeds"]
     batches = [seeds[i:i + args.batch] for i in range(0, len(seeds), args.batch)]
-    plan = [(m, b) for m in settings["methods"] for b in settings["budgets"]]
-    bar = tqdm(total=2 * len(plan), desc="bench", file=sys.stderr, disable=not main, dynamic_ncols=True)
-    points, skipped = [], []
-    for method, budget in plan:   # every process prepares the same points (deterministic)
-        bar.set_postfix_str(f"prepare {method} {budget:g}")
-        try:
-            points.append(prepare(method, ctx, budget))
-        except ValueError as err:   # e.g. a budget the method cannot reach: say so, measure the rest
-            skipped.append({"method": method, "budget": budget, "reason": str(err)})
-            log(f"skipped {method} at budget {budget:g}: {err}")
+    cells = [(n, m, b) for n in settings["steps"] for m in settings["methods"] for b in settings["budgets"]]
+    bar = tqdm(total=2 * len(cells), desc="bench", file=sys.stderr, disable=not main, dynamic_ncols=True)
+    records, skipped, notes, started = [], [], [], time.time()
+    for steps in settings["steps"]:
+        shipped = {g: shipped_calibration(args.model, steps, g) for g in (1, 4)}
+        ctx = BenchContext(pipe, steps, calibration_calls(), {g: p for g, p in shipped.items() if p.is_file()},
+                           log=log)
+        points = []
+        for method, budget in ((m, b) for m in settings["methods"] for b in settings["budgets"]):
+            bar.set_postfix_str(f"prepare {method} {budget:g} at {steps} steps")
+            try:   # every process prepares the same points (deterministic)
+                points.append(prepare(method, ctx, budget))
+            except ValueError as err:   # e.g. a budget the method cannot reach: say so, measure the rest
+                skipped.append({"method": method, "budget": budget, "steps": steps, "reason": str(err)})
+                log(f"skipped {method} at budget {budget:g}, {steps} steps: {err}")
+                bar.update()
             bar.update()
-        bar.update()
-    started = time.time()
-    with state.split_between_processes(batches) as mine:
-        images, timings = measure(pipe, ctx, points, list(mine), args.repeats, bar.update)
+        with state.split_between_processes(batches) as mine:
+            images, timings = measure(pipe, ctx, points, list(mine), args.repeats, bar.update)
+        images, timings = gather_object(images), gather_object(timings)
+        notes += [f"{steps} steps: {note}" for note in ctx.notes]
+        if main:
+            records += summarize(images, timings, points, steps)
     bar.close()
-    images, timings = gather_object(images), gather_object(timings)
     if not main:
         return []
-    records = summarize(images, timings, points)
     command = (f"python -m layercache bench --model {args.model} --methods {','.join(settings['methods'])} "
-               f"--budgets {','.join(f'{b:g}' for b in settings['budgets'])} --seeds {args.seeds} --steps {args.steps} "
+               f"--budgets {','.join(f'{b:g}' for b in settings['budgets'])} --seeds {args.seeds} "
+               f"--steps {','.join(map(str, settings['steps']))} "
                f"--repeats {args.repeats} --batch {args.batch} --out {args.out}"
                + (f" --html {args.html}" if args.html else "") + (f" --png {args.png}" if args.png else ""))
-    result = {"meta": {"command": command, "model": args.model, "steps": args.steps, "seeds": seeds,
+    result = {"meta": {"command": command, "model": args.model, "steps": settings["steps"], "seeds": seeds,
                        "batch": args.batch, "repeats": args.repeats, "processes": state.num_processes,
                        "machine": machine(), "measure_seconds": round(time.time() - started, 1),
-                       "psnr_cap_db": PSNR_CAP, "notes": ctx.notes, "skipped": skipped,
+                       "psnr_cap_db": PSNR_CAP, "notes": notes, "skipped": skipped,
                        "speedup_wall": "uncached / cached time of one-image calls, alternated in one process, "
                                        "median over repeats (and processes)"},
               "records": records}
@@ -339,6 +358,8 @@ def run(args) -> list[dict]:
     if args.html or args.png:
         write_figure(records, args.html, args.png)
     print(table(records))
+    print()
+    print(grid(records))
     return records
 
 
@@ -349,11 +370,31 @@ def _json_default(value):
 
 
 def table(records: list) -> str:
-    lines = [f"{'method':20s} {'budget':>6s} {'compute':>7s} {'PSNR':>7s} {'SSIM':>7s} {'fid.':>5s} {'wall×':>6s}"]
+    lines = [f"{'steps':>5s} {'method':20s} {'budget':>6s} {'compute':>7s} {'PSNR':>7s} {'SSIM':>7s} {'fid.':>5s} "
+             f"{'wall×':>6s}"]
     for r in records:
         wall = f"{r['speedup_wall']:.2f}" if r["speedup_wall"] is not None else "-"
-        lines.append(f"{r['method']:20s} {r['budget']:6.3f} {r['compute_fraction']:7.3f} {r['psnr']:7.2f} "
-                     f"{r['ssim']:7.4f} {r['fidelity']:5.2f} {wall:>6s}")
+        lines.append(f"{r['steps']:5d} {r['method']:20s} {r['budget']:6.3f} {r['compute_fraction']:7.3f} "
+                     f"{r['psnr']:7.2f} {r['ssim']:7.4f} {r['fidelity']:5.2f} {wall:>6s}")
+    return "\n".join(lines)
+
+
+def grid(records: list, method: str = "layercache") -> str:
+    """Markdown: per (steps, budget) cell, `method`'s PSNR and the best other method's (ablations of `method`
+    are not its peers), and the margin."""
+    lines = ["| steps | budget | LayerCache PSNR dB | best peer | its PSNR dB | margin dB |", "|---|---|---|---|---|---|"]
+    for steps in sorted({r["steps"] for r in records}):
+        for budget in sorted({r["budget"] for r in records if r["steps"] == steps and r["method"] != "uncached"},
+                             reverse=True):
+            cell = [r for r in records if r["steps"] == steps and r["budget"] == budget]
+            ours = next((r for r in cell if r["method"] == method), None)
+            peers = [r for r in cell if not r["method"].startswith(method) and r["method"] != "uncached"]
+            if ours is None or not peers:
+                continue
+            peer = max(peers, key=lambda r: r["psnr"])
+            margin = ours["psnr"] - peer["psnr"]
+            lines.append(f"| {steps} | {budget:g} | {'**' if margin >= 0 else ''}{ours['psnr']:.2f}"
+                         f"{'**' if margin >= 0 else ''} | {peer['method']} | {peer['psnr']:.2f} | {margin:+.2f} |")
     return "\n".join(lines)
 
 

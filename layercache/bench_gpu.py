@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from .calibrate import Calibration
+from .calibrate import Calibration, error_table
 from .groups import measure_block_flops, model_id, partition
 from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
 from .planner import check_budget, plan
@@ -102,20 +102,20 @@ def sample(name, transformer, conds, latents, sigmas, step_times=None):
 
 
 def synthetic_calibration(transformer, sigmas, num_groups: int, costs=None, max_horizon: int = 6) -> Calibration:
-    """An error table shaped like the bundled model's measured one: error grows with the horizon, is larger
-    at the ends of the trajectory and for deeper groups; slope predictors beat plain reuse. `costs`: per-block
+    """A calibration of made-up but smooth residual trajectories (speed depends only on which cells run): each
+    group's residual is quadratic in sigma plus a little noise, deeper groups curving more. `costs`: per-block
     FLOPs (partition's static proxy without them)."""
     layout = partition(transformer, num_groups, costs=costs)
     n = len(sigmas)
+    gen = np.random.default_rng(0)
+    s = np.asarray(sigmas, dtype=np.float64)[:, None]
+    trajectories = np.stack([gen.normal(size=64) + s * gen.normal(size=64) + (1 + g) * s ** 2 * gen.normal(size=64)
+                             + 0.01 * gen.normal(size=(n, 64)) for g in range(num_groups)])       # (G, N, 64)
+    gram = np.einsum("gis,gjs->gij", trajectories, trajectories)
     candidates = [("slope", 1), ("slope", 2), ("slope", 3), ("slope", 4)]
-    step_factor = 1 + 4 * np.abs(np.linspace(-1, 1, n)) ** 4
-    group_factor = 1 + np.arange(num_groups) / num_groups
-    k_factor = np.array([2.0, 1.0, 0.9, 1.0])
-    h = np.arange(max_horizon + 1) ** 1.5
-    errors = 0.02 * np.einsum("i,g,h,c->ighc", step_factor, group_factor, h, k_factor)
-    errors[:, :, 0] = np.inf
+    errors = error_table(gram, list(sigmas), candidates, max_horizon)
     return Calibration(model_id(transformer), list(sigmas), list(layout.starts), layout.num_blocks,
-                       list(layout.costs), candidates, errors, np.zeros((n, num_groups)), np.zeros((0,)),
+                       list(layout.costs), candidates, errors, gram, np.zeros((n, num_groups)), np.zeros((0,)),
                        {"synthetic": True})
 
 

@@ -25,6 +25,7 @@ from .calibrate import Calibration, call_kwargs, prediction_weights, relative_er
 from .schedule import Cell, Schedule
 
 ALLOCATIONS = ("steps", "groups")
+OBJECTIVES = ("residuals", "outputs")
 
 
 class OutOfReach(ValueError):
@@ -136,11 +137,23 @@ def _paths(run: np.ndarray, counts) -> dict:
 
 # ---------------------------------------------------------------- the two allocations
 
-def _steps_allocation(cal, budget, use_slope, gamma, max_reuse):
+def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
     n = cal.num_steps
-    cell = sum(cell_errors(cal, g, use_slope, gamma) for g in range(cal.num_groups))
     count = steps_for(budget, n)
-    error, steps = _paths(_runs(cell, max_reuse), {count})[count]
+    if objective == "outputs":   # MeanCache's step costs: chained prediction of the transformer's output
+        from .meancache import meancache_costs
+
+        cost, _ = meancache_costs(cal.outputs, cal.sigmas, gamma=gamma)
+        if max_reuse is not None:
+            cost[np.arange(n)[:, None] + max_reuse + 1 < np.arange(n + 1)[None, :]] = np.inf
+        try:
+            steps = shortest_schedule(cost, count)
+            error = float(sum(cost[a, c] for a, c in zip(steps, steps[1:] + [n])))
+        except ValueError:
+            steps, error = [], np.inf
+    else:
+        cell = sum(cell_errors(cal, g, use_slope, gamma) for g in range(cal.num_groups))
+        error, steps = _paths(_runs(cell, max_reuse), {count})[count]
     if not np.isfinite(error):
         raise OutOfReach(f"budget {budget} is out of reach: {count} computed steps cannot cover {n} with runs of "
                          f"at most {max_reuse} reused steps; raise the budget or max_reuse")
@@ -149,7 +162,9 @@ def _steps_allocation(cal, budget, use_slope, gamma, max_reuse):
     return compute, error
 
 
-def _groups_allocation(cal, budget, use_slope, gamma, max_reuse):
+def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
+    if objective != "residuals":
+        raise ValueError("per-group plans are chosen on the residuals; use objective='residuals'")
     n, costs = cal.num_steps, np.asarray(cal.group_costs, dtype=float)
     per_group = [_paths(_runs(cell_errors(cal, g, use_slope, gamma), max_reuse), set(range(1, n + 1)))
                  for g in range(cal.num_groups)]
@@ -163,7 +178,7 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse):
             if point[1] < least - 1e-15:
                 frontier.append(point)
                 least = point[1]
-    target = budget * n * costs.sum() + 1e-9 * costs.sum()
+    target = max(budget * n, 1) * costs.sum() + 1e-9 * costs.sum()   # step 0 is always computed
     affordable = [point for point in frontier if point[0] <= target]
     if not affordable:
         raise OutOfReach(f"budget {budget} is out of reach for per-group plans under max_reuse={max_reuse}; raise "
@@ -176,7 +191,7 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse):
 
 
 def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
-         predictors=None, max_reuse: int | None = None, gamma: float = 2.0) -> Schedule:
+         predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals") -> Schedule:
     """The plan of least predicted error that executes at most `budget` of the block compute.
 
     Args:
@@ -187,6 +202,8 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         predictors: predictor kinds allowed (default: all calibrated ones).
         max_reuse: longest run of consecutive reused steps of a group; None for no limit.
         gamma: errors enter the objective as error**gamma (2: squared errors add up).
+        objective: what whole steps are chosen on: "residuals" (the groups' anchored errors, exact DP) or
+            "outputs" (the transformer output's chained prediction error, MeanCache's step costs).
 
     Example:
         >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
@@ -201,20 +218,26 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         raise ValueError(f"largest K must be an integer >= 1, got {max_k!r}")
     if max_reuse is not None and (isinstance(max_reuse, bool) or not isinstance(max_reuse, int) or max_reuse < 1):
         raise ValueError(f"max_reuse must be an integer >= 1 or None, got {max_reuse!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
         raise ValueError(f"gamma must be a positive number, got {gamma!r}")
-    allowed = [c for c, (kind, k) in enumerate(cal.candidates)
-               if (max_k is None or k <= max_k) and (predictors is None or kind in predictors)]
+    allowed = allowed_candidates(cal, max_k, predictors)
     if not allowed:
         raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
     use_slope = any(tuple(cal.candidates[c]) == ("slope", 2) for c in allowed)
     allocate = _steps_allocation if allocation == "steps" else _groups_allocation
-    compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse)
-    meta = {"method": "layercache", "allocation": allocation, "budget": budget, "max_k": max_k,
+    compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse, objective)
+    meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "predicted_error": error}
     schedule = schedule_from_mask(cal, compute, meta, allowed)
     schedule.meta["compute_fraction"] = schedule.compute_fraction
     return schedule
+
+
+def allowed_candidates(cal: Calibration, max_k=None, predictors=None) -> list[int]:
+    return [c for c, (kind, k) in enumerate(cal.candidates)
+            if (max_k is None or k <= max_k) and (predictors is None or kind in predictors)]
 
 
 def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, allowed=None) -> Schedule:
@@ -249,8 +272,16 @@ def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
             for call in calls]
 
 
-# every allocation, with squared and with absolute errors
-VERIFIED_OPTIONS = tuple({"allocation": a, "gamma": g} for a in ALLOCATIONS for g in (2.0, 1.0))
+# whole steps chosen on the residuals (squared and absolute errors) and on the outputs (with every predictor, and
+# with MeanCache's estimator only: it stays bounded over long gaps); per-group plans
+VERIFIED_OPTIONS = ({"allocation": "steps", "gamma": 2.0}, {"allocation": "steps", "gamma": 1.0},
+                    {"allocation": "steps", "objective": "outputs"},
+                    {"allocation": "steps", "objective": "outputs", "predictors": ("mean",)},
+                    {"allocation": "groups", "gamma": 2.0})
+
+
+def option_name(option: dict) -> str:
+    return ",".join(f"{k}={'+'.join(v) if isinstance(v, tuple) else v}" for k, v in sorted(option.items()))
 
 
 def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, candidates=VERIFIED_OPTIONS,
@@ -269,11 +300,15 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         reference = reference_latents(pipe, calls, steps)
     best, best_error, tried, seen = None, np.inf, {}, {}
     for option in candidates:
+        settings = {**option, **options}   # the caller's settings win over an option set's
+        if not allowed_candidates(calibration, settings.get("max_k"), settings.get("predictors")) and \
+                allowed_candidates(calibration, options.get("max_k"), options.get("predictors")):
+            continue   # e.g. MeanCache's estimator only, under max_k=1: no such candidate, the others still apply
         try:
-            schedule = plan(calibration, budget, **{**options, **option})
+            schedule = plan(calibration, budget, **settings)
         except OutOfReach:
             continue
-        name = ",".join(f"{k}={v}" for k, v in sorted(option.items()))
+        name = option_name(option)
         cells = str([[c.encode() for c in row] for row in schedule.cells])
         if cells in seen:   # the same plan as an earlier option: same end-to-end error
             tried[name] = tried[seen[cells]]
@@ -289,5 +324,5 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
             best, best_error = schedule, tried[name]
     if best is None:
         raise OutOfReach(f"budget {budget} is out of reach under every option tried ({list(candidates)})")
-    best.meta["verified"] = {"calibration_mse": tried, "calls": len(calls)}
+    best.meta["verified"] = {"calibration_mse": tried, "calls": len(calls), "chosen": min(tried, key=tried.get)}
     return best

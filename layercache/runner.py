@@ -61,12 +61,12 @@ class MeanCacheMethod:
     name: str = "MeanCache"
 
     def attach(self, pipe) -> Telemetry | None:
-        from .baselines import apply_meancache
+        from .meancache import apply_meancache
         apply_meancache(pipe.transformer, self.schedule)
         return None
 
     def detach(self, pipe) -> None:
-        from .baselines import remove_meancache
+        from .meancache import remove_meancache
         remove_meancache(pipe.transformer)
 
     def group_starts(self):
@@ -318,8 +318,9 @@ class _Run:
 
 # --- what the app keeps across requests: pipelines, calibrations, schedules -----------------------------
 
-METHODS = ("LayerCache", "LayerCache, whole steps", "LayerCache, K=1 (no JVP)", "MeanCache",
-           "FirstBlockCache (diffusers)")
+# app label -> does the method use the largest-K setting?
+METHODS = {"LayerCache": True, "LayerCache, per group": True, "LayerCache, K=1 (no JVP)": False, "MeanCache": False,
+           "FirstBlockCache (diffusers)": False}
 HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
     ["a red fox in fresh snow, photograph", "an isometric city at night, neon signs", "a bowl of ramen, studio light",
      "portrait of an old fisherman, oil painting"], start=1)]
@@ -337,6 +338,8 @@ class Workbench:
     def __init__(self):
         self._runners: dict = {}
         self._calibrations: dict = {}
+        self._references: dict = {}
+        self._plans: dict = {}
         self._lock = threading.Lock()
 
     def runner(self, key: str) -> LockstepRunner:
@@ -393,15 +396,31 @@ class Workbench:
             raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
         cal, source = self.calibration(key, steps, groups, progress)
         if name == "MeanCache":
-            from .baselines import meancache_schedule
+            from .meancache import meancache_schedule
             return MeanCacheMethod(meancache_schedule(cal, budget), name), source
         if name == "LayerCache, K=1 (no JVP)":
             schedule = plan(cal, budget, max_k=1, predictors=("slope",))
-        elif name == "LayerCache, whole steps":
-            schedule = plan(cal, budget, max_k=max_k, synchronized=True)
+        elif name == "LayerCache, per group":
+            schedule = plan(cal, budget, allocation="groups", max_k=max_k)
         else:
-            schedule = plan(cal, budget, max_k=max_k)
+            schedule = self.verified_plan(key, cal, budget, max_k)
         return LayerCacheMethod(schedule, name), source
+
+    def verified_plan(self, key: str, cal, budget: float, max_k: int):
+        """`plan_verified` on the model's calibration calls (a few cached runs of them; the uncached reference is
+        computed once per model and step count), remembered per setting."""
+        from .planner import plan_verified, reference_latents
+        memo = (key, cal.num_steps, cal.num_groups, float(budget), max_k)
+        if memo not in self._plans:
+            runner = self.runner(key)
+            runner.cancel()
+            with runner._lock:  # no run may start on this pipeline meanwhile
+                pipe, calls = runner.pipes["uncached"], _calibration_calls(key)
+                if (key, cal.num_steps) not in self._references:
+                    self._references[key, cal.num_steps] = reference_latents(pipe, calls, cal.num_steps)
+                self._plans[memo] = plan_verified(pipe, cal, budget, calls, max_k=max_k,
+                                                  reference=self._references[key, cal.num_steps])
+        return self._plans[memo]
 
     def explore(self, key: str, call: dict, seed: int, steps: int, groups: int, max_k: int, progress=None):
         """One uncached run of this input, recorded: per-group velocity change and stability against K."""

@@ -126,7 +126,7 @@ def test_a_run_stopped_while_queued_never_starts():
 
 
 @pytest.mark.parametrize("method", ["FirstBlockCache (diffusers)", "MeanCache", "LayerCache, K=1 (no JVP)",
-                                    "LayerCache, whole steps"])
+                                    "LayerCache, per group"])
 def test_other_methods_in_the_cached_lane(client, method):
     outputs, _ = run(client, "tiny", "3", 1, STEPS, 3.0, 0.7, 3, 3, method, 0.2)
     metrics = outputs[-1][6]

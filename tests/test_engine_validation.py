@@ -61,68 +61,111 @@ def test_calibrate_rejects_bad_arguments_before_running(tiny_pipe):
     assert untouched(tiny_pipe)
 
 
-def test_planner_is_deterministic_and_lands_within_one_cell(cal):
-    for budget in [0.9, 0.73, 0.6, 0.5]:
+def table_error(cal, compute) -> float:
+    """The planner's objective for an (N, G) compute mask, computed independently of its vectorized code: per
+    reused cell, the better of plain reuse and the span-2 slope on the group's real anchors (its last two computed
+    steps), squared error relative to the step's summed residual energy (a uniform sigma grid: no dsigma weight)."""
+    from layercache.calibrate import prediction_weights, relative_error
+
+    grid = list(cal.sigmas) + [0.0]
+    total = 0.0
+    for g in range(cal.num_groups):
+        computed = []
+        for i in range(cal.num_steps):
+            if compute[i, g]:
+                computed.append(i)
+                continue
+            options = [([computed[-1]], [1.0])]
+            if len(computed) >= 2:
+                anchors = computed[-2:]
+                options.append((anchors, prediction_weights("slope", 2, [grid[a] for a in anchors], grid[i],
+                                                            grid[i + 1])))
+            squared = min(relative_error(cal.gram[g:g + 1], a, w, i)[0] ** 2 for a, w in options)
+            total += squared * cal.gram[g, i, i] / cal.gram[:, i, i].sum()
+    return total
+
+
+def test_planner_is_deterministic_and_lands_on_the_budget(cal):
+    from layercache.planner import steps_for
+
+    for budget in [0.9, 0.73, 0.6, 0.5, 0.25, 0.05]:
         a, b = plan(cal, budget), plan(cal, budget)
         assert a.to_json() == b.to_json()
-        assert budget - max(cal.group_costs) - 1e-9 < a.compute_fraction <= budget + 1e-9
-        assert all(cell.compute for cell in a.cells[0] + a.cells[1] + a.cells[-1])  # protected steps
+        assert a.compute_fraction == pytest.approx(steps_for(budget, STEPS) / STEPS)
+        assert all(len({cell.compute for cell in row}) == 1 for row in a.cells)  # whole steps
+        groups = plan(cal, budget, allocation="groups")
+        assert groups.compute_fraction <= max(budget, 1 / STEPS) + 1e-9  # every group computes step 0
 
 
-def test_planner_respects_max_reuse(cal):
-    schedule = plan(cal, 0.5, max_reuse=2)
-    for g in range(schedule.num_groups):
-        run_length = 0
-        for row in schedule.cells:
-            run_length = 0 if row[g].compute else run_length + 1
-            assert run_length <= 2
-
-
-def test_synchronized_plan_reuses_whole_steps_at_the_least_table_error(cal):
+def test_whole_step_plan_is_the_exact_optimum_of_its_error_model(cal):
     import itertools
-
-    import numpy as np
 
     from layercache.planner import steps_for
 
-    schedule = plan(cal, 0.5, synchronized=True, gamma=1.0)
-    computed = [i for i, row in enumerate(schedule.cells) if row[0].compute]
-    assert all(len({cell.compute for cell in row}) == 1 for row in schedule.cells)  # all groups together
-    assert len(computed) == steps_for(0.5, STEPS) and {0, 1, STEPS - 1} <= set(computed)
-    assert schedule.meta["synchronized"] and schedule.compute_fraction == pytest.approx(len(computed) / STEPS)
-    # each reused cell takes its group's best candidate at its horizon, so groups may differ
-    table = cal.errors
+    assert np.allclose(np.diff(cal.sigmas), cal.sigmas[1] - cal.sigmas[0])  # uniform grid, as table_error assumes
+    for budget in [0.75, 0.5, 0.25]:
+        schedule = plan(cal, budget)
+        mask = np.array([[cell.compute for cell in row] for row in schedule.cells])
+        count = steps_for(budget, STEPS)
+        brute = np.inf
+        for rest in itertools.combinations(range(1, STEPS), count - 1):
+            candidate = np.zeros_like(mask)
+            candidate[[0, *rest]] = True
+            brute = min(brute, table_error(cal, candidate))
+        assert table_error(cal, mask) == pytest.approx(brute, rel=1e-6)
+        assert schedule.meta["predicted_error"] == pytest.approx(brute, rel=1e-6)
 
-    def error(steps):
-        total, last = 0.0, 0
-        for i in range(STEPS):
-            if i in steps:
-                last = i
+
+def test_per_group_plan_is_never_predicted_worse_than_the_whole_step_plan(cal):
+    for budget in [0.75, 0.5, 0.25]:  # N·b whole: both spend the same compute
+        steps, groups = plan(cal, budget), plan(cal, budget, allocation="groups")
+        assert groups.compute_fraction <= steps.compute_fraction + 1e-9
+        assert groups.meta["predicted_error"] <= steps.meta["predicted_error"] + 1e-12
+        mask = np.array([[cell.compute for cell in row] for row in groups.cells])
+        assert table_error(cal, mask) == pytest.approx(groups.meta["predicted_error"], rel=1e-6)
+
+
+def test_reused_cells_take_the_best_candidate_on_their_real_anchors(cal):
+    from layercache.calibrate import prediction_weights, relative_error
+
+    schedule = plan(cal, 0.5)
+    grid = list(cal.sigmas) + [0.0]
+    for g in range(cal.num_groups):
+        computed = [i for i, row in enumerate(schedule.cells) if row[g].compute]
+        for i, row in enumerate(schedule.cells):
+            if row[g].compute:
                 continue
-            if i - last > min(4, cal.max_horizon):
-                return np.inf
-            total += table[i, :, i - last].min(axis=-1).sum()
-        return total
+            before = [a for a in computed if a < i]
 
-    for i, row in enumerate(schedule.cells):
-        last = max(c for c in computed if c <= i)
-        for g, cell in enumerate(row):
-            if not cell.compute:
-                assert table[i, g, i - last, cal.candidates.index((cell.predictor, cell.k))] == table[i, g, i - last].min()
-    # no other choice of as many computed steps (0, 1 and the last among them) has a smaller table error
-    free = range(2, STEPS - 1)
-    best = min(error({0, 1, STEPS - 1, *rest}) for rest in itertools.combinations(free, len(computed) - 3))
-    assert error(set(computed)) == pytest.approx(best)
+            def error(kind, k):
+                anchors = before[-k:]
+                weights = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
+                return relative_error(cal.gram[g:g + 1], anchors, weights, i)[0]
+
+            chosen = error(row[g].predictor, row[g].k)
+            assert chosen == pytest.approx(min(error(kind, k) for kind, k in cal.candidates))
+
+
+def test_planner_respects_max_reuse(cal):
+    for allocation in ("steps", "groups"):
+        schedule = plan(cal, 0.5, allocation=allocation, max_reuse=1)
+        for g in range(schedule.num_groups):
+            run_length = 0
+            for row in schedule.cells:
+                run_length = 0 if row[g].compute else run_length + 1
+                assert run_length <= 1
 
 
 def test_budget_out_of_reach_says_what_to_change(cal):
-    with pytest.raises(ValueError, match="out of reach"):
-        plan(cal, 0.2, max_reuse=1)
-    with pytest.raises(ValueError, match="out of reach.*max_reuse"):
-        plan(cal, 0.2, max_reuse=1, synchronized=True)
-    with pytest.raises(ValueError, match="per-group plans only"):
-        plan(cal, 0.5, synchronized=True, step_error_cap=0.3)
-    assert plan(cal, 0.5, synchronized=True, group_weights=[0, 1, 1, 1]).compute_fraction == pytest.approx(0.5)
+    from layercache.planner import OutOfReach
+
+    for allocation in ("steps", "groups"):
+        with pytest.raises(OutOfReach, match="out of reach.*max_reuse"):
+            plan(cal, 0.2, allocation=allocation, max_reuse=1)
+    with pytest.raises(ValueError, match="allocation"):
+        plan(cal, 0.5, allocation="cells")
+    with pytest.raises(ValueError, match="max_reuse"):
+        plan(cal, 0.5, max_reuse=0)
 
 
 def test_enable_twice_and_unsupported_models(tiny_pipe, cal):
@@ -259,15 +302,41 @@ def test_bf16_timesteps_find_their_steps(tiny_pipe):
     assert [record.step for record in telemetry.steps] == list(range(50))
 
 
-def test_plan_verified_keeps_the_best_cap_on_calibration_calls(tiny_pipe, cal):
-    from layercache.planner import plan_verified
+@pytest.mark.parametrize("steps", [8, 12])
+def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pipe, steps):
+    """The library's default path (plan_verified, what the app and benchmark use) against whole-step plans it does
+    not try (evenly spread computed steps) and those it does, end to end on the calibration calls."""
+    from layercache.planner import VERIFIED_OPTIONS, option_name, plan_verified, reference_latents, \
+        schedule_from_mask, steps_for
 
     calls = [{"label": [1, 7], "seed": 5}]
-    schedule = plan_verified(tiny_pipe, cal, 0.6, calls)
-    tried = schedule.meta["verified"]["calibration_mse"]
-    assert set(tried) <= {"max_reuse=2", "max_reuse=3", "max_reuse=4", "gamma=1.0,synchronized=True",
-                          "gamma=2.0,synchronized=True"} and len(tried) >= 3
-    chosen = dict(item.split("=") for item in min(tried, key=tried.get).split(","))
-    assert all(str(schedule.meta[k]) == v for k, v in chosen.items())
-    assert 0.6 - max(cal.group_costs) < schedule.compute_fraction <= 0.6 + 0.5 / STEPS + 1e-9
+    cal = lc.calibrate(tiny_pipe, calls, steps, num_groups=4)
+    reference = reference_latents(tiny_pipe, calls, steps)
+
+    def end_to_end(schedule):
+        lc.enable(tiny_pipe, schedule, telemetry=False)
+        try:
+            return float(((reference_latents(tiny_pipe, calls, steps)[0] - reference[0]) ** 2).mean())
+        finally:
+            lc.disable(tiny_pipe)
+
+    for budget in (0.5, 0.3):
+        chosen = plan_verified(tiny_pipe, cal, budget, calls, reference=reference)
+        tried = chosen.meta["verified"]["calibration_mse"]
+        assert set(tried) == {option_name(o) for o in VERIFIED_OPTIONS}
+        assert end_to_end(chosen) == pytest.approx(min(tried.values()))
+        count = steps_for(budget, steps)
+        even = np.zeros((steps, 4), dtype=bool)
+        even[[round(j * steps / count) for j in range(count)]] = True
+        alternatives = [schedule_from_mask(cal, even, {}), plan(cal, budget), plan(cal, budget, gamma=1.0),
+                        plan(cal, budget, objective="outputs")]
+        assert all(end_to_end(chosen) <= end_to_end(s) + 1e-12 for s in alternatives)
+    assert untouched(tiny_pipe)
+
+
+def test_plan_verified_passes_argument_errors_through(tiny_pipe, cal):
+    from layercache.planner import plan_verified
+
+    with pytest.raises(ValueError, match="largest K"):
+        plan_verified(tiny_pipe, cal, 0.5, [{"label": [1], "seed": 5}], max_k=0)
     assert untouched(tiny_pipe)
