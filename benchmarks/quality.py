@@ -65,9 +65,7 @@ def main():
 
 
 def allocation(meta: dict) -> str:
-    if meta["synchronized"]:
-        return f"steps, gamma {meta['gamma']:g}"
-    return f"cells, runs <= {meta['max_reuse']}"
+    return meta.get("verified", {}).get("chosen") or f"{meta['allocation']}, {meta['objective']}"
 
 
 if __name__ == "__main__":

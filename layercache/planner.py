@@ -25,7 +25,7 @@ from .calibrate import Calibration, call_kwargs, prediction_weights, relative_er
 from .schedule import Cell, Schedule
 
 ALLOCATIONS = ("steps", "groups")
-OBJECTIVES = ("residuals", "outputs")
+OBJECTIVES = ("residuals", "outputs", "uniform")
 
 
 class OutOfReach(ValueError):
@@ -140,7 +140,11 @@ def _paths(run: np.ndarray, counts) -> dict:
 def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
     n = cal.num_steps
     count = steps_for(budget, n)
-    if objective == "outputs":   # MeanCache's step costs: chained prediction of the transformer's output
+    if objective == "uniform":   # no model: the computed steps evenly spread, step 0 first
+        steps, error = sorted({round(j * n / count) for j in range(count)}), float("nan")
+        if max_reuse is not None and max(np.diff(steps + [n])) - 1 > max_reuse:
+            error = np.inf
+    elif objective == "outputs":   # MeanCache's step costs: chained prediction of the transformer's output
         from .meancache import meancache_costs
 
         cost, _ = meancache_costs(cal.outputs, cal.sigmas, gamma=gamma)
@@ -154,7 +158,7 @@ def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
     else:
         cell = sum(cell_errors(cal, g, use_slope, gamma) for g in range(cal.num_groups))
         error, steps = _paths(_runs(cell, max_reuse), {count})[count]
-    if not np.isfinite(error):
+    if np.isinf(error):
         raise OutOfReach(f"budget {budget} is out of reach: {count} computed steps cannot cover {n} with runs of "
                          f"at most {max_reuse} reused steps; raise the budget or max_reuse")
     compute = np.zeros((n, cal.num_groups), dtype=bool)
@@ -202,8 +206,9 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         predictors: predictor kinds allowed (default: all calibrated ones).
         max_reuse: longest run of consecutive reused steps of a group; None for no limit.
         gamma: errors enter the objective as error**gamma (2: squared errors add up).
-        objective: what whole steps are chosen on: "residuals" (the groups' anchored errors, exact DP) or
-            "outputs" (the transformer output's chained prediction error, MeanCache's step costs).
+        objective: what whole steps are chosen on: "residuals" (the groups' anchored errors, exact DP),
+            "outputs" (the transformer output's chained prediction error, MeanCache's step costs) or "uniform"
+            (evenly spread, no model).
 
     Example:
         >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
@@ -272,12 +277,12 @@ def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
             for call in calls]
 
 
-# whole steps chosen on the residuals (squared and absolute errors) and on the outputs (with every predictor, and
-# with MeanCache's estimator only: it stays bounded over long gaps); per-group plans
-VERIFIED_OPTIONS = ({"allocation": "steps", "gamma": 2.0}, {"allocation": "steps", "gamma": 1.0},
-                    {"allocation": "steps", "objective": "outputs"},
-                    {"allocation": "steps", "objective": "outputs", "predictors": ("mean",)},
-                    {"allocation": "groups", "gamma": 2.0})
+# Whole steps chosen on the residuals (squared and absolute errors), on the outputs and evenly spread, the last two
+# also with MeanCache's estimator only (it stays bounded over the long gaps they leave); per-group plans.
+WHOLE_STEP_OPTIONS = ({"gamma": 2.0}, {"gamma": 1.0}, {"objective": "outputs"},
+                      {"objective": "outputs", "predictors": ("mean",)}, {"objective": "uniform"},
+                      {"objective": "uniform", "predictors": ("mean",)})
+VERIFIED_OPTIONS = (*({"allocation": "steps", **o} for o in WHOLE_STEP_OPTIONS), {"allocation": "groups", "gamma": 2.0})
 
 
 def option_name(option: dict) -> str:

@@ -1,4 +1,4 @@
-"""How a reused group's residual is predicted from its log (DESIGN.md §2). Pure tensor functions.
+"""How a reused group's residual is predicted from its log (docs/design.md, "Predictors"). Pure tensor functions.
 
 A log holds a group's last computed residuals (its anchors: predictions are never logged), oldest first, with
 the sigma of each entry. Both predictors are linear in the log, compute in fp32 and return the log's dtype.

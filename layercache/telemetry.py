@@ -29,7 +29,7 @@ class StepRecord:
     contexts: set = field(default_factory=set)
 
     def as_event(self) -> dict:
-        """Plain data: the step event of DESIGN.md §3."""
+        """Plain data: the step event of runner.py's module docstring."""
         return {"step": self.step, "sigma": self.sigma,
                 "groups": [{"computed": g.computed, "predictor": g.predictor, "k": g.k,
                             "velocity_change": g.velocity_change, "time_s": g.time_s} for g in self.groups]}

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from layercache.baselines import (METHODS, BenchContext, apply_meancache, magcache_computed_steps,
-                                  meancache_costs, meancache_schedule, prepare, remove_meancache,
-                                  shortest_schedule, steps_for, taylorseer_computed_steps)
+from layercache.baselines import METHODS, BenchContext, magcache_computed_steps, prepare, taylorseer_computed_steps
+from layercache.meancache import apply_meancache, meancache_costs, meancache_schedule, remove_meancache
+from layercache.planner import shortest_schedule, steps_for
 from layercache.metrics import BlockCounter
 from layercache.models.tiny.sets import eval_call
 

@@ -34,6 +34,7 @@ BAD = {
     "bad seeds": (_with("--seeds", "1OO"), "range like"),
     "calibration seeds": (_with("--seeds", "0-5"), "calibration seeds"),
     "steps": (_with("--steps", "1"), "--steps"),
+    "steps list": (_with("--steps", "10,x"), "--steps"),
 }
 
 
@@ -63,6 +64,20 @@ def test_parsers():
     assert bench.parse_seeds("100-102,105, 101") == [100, 101, 102, 105]
     assert bench.parse_budgets("0.5,1,0.5") == [1.0, 0.5]
     assert bench.parse_methods("all")[0] == "layercache"
+    assert bench.parse_steps("50,10, 20,10") == [10, 20, 50]
+
+
+def test_grid_names_the_best_peer_per_cell_and_skips_ablations():
+    def record(method, steps, budget, psnr):
+        return {"method": method, "steps": steps, "budget": budget, "psnr": psnr}
+
+    records = [record("uncached", 10, 1.0, 100), record("layercache", 10, 0.5, 30.0),
+               record("layercache-k1", 10, 0.5, 40.0), record("meancache", 10, 0.5, 31.5),
+               record("taylorseer", 10, 0.5, 29.0), record("layercache", 20, 0.25, 28.0),
+               record("meancache", 20, 0.25, 27.0)]
+    lines = bench.grid(records).splitlines()
+    assert lines[2] == "| 10 | 0.5 | 30.00 | meancache | 31.50 | -1.50 |"
+    assert lines[3] == "| 20 | 0.25 | **28.00** | meancache | 27.00 | +1.00 |"
 
 
 def _run(prefix, out, env):
@@ -80,8 +95,8 @@ def test_two_accelerate_processes_merge_to_the_single_process_result(tmp_path):
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     double = _run(launch, tmp_path / "two.json", env)
     assert single["meta"]["processes"] == 1 and double["meta"]["processes"] == 2
-    assert [(r["method"], r["budget"]) for r in single["records"]] == \
-           [(r["method"], r["budget"]) for r in double["records"]]
+    assert [(r["method"], r["budget"], r["steps"]) for r in single["records"]] == \
+           [(r["method"], r["budget"], r["steps"]) for r in double["records"]]
     for one, two in zip(single["records"], double["records"]):
         assert one["n"] == two["n"] == 4
         assert one["per_image"] == two["per_image"]         # same batches, same threads: identical numbers

@@ -47,7 +47,7 @@ def test_all_computed_schedule_is_bit_identical_and_streams_every_step(runner, c
 
 
 def test_cached_run_reuses_and_reports_telemetry(runner, calibration):
-    schedule = lc.plan(calibration, 0.6, protect_first=1)
+    schedule = lc.plan(calibration, 0.6)
     final = run_all(runner, LayerCacheMethod(schedule))[-1]
     events = run_all(runner, LayerCacheMethod(schedule))
     reused = [g for e in events[:-1] for g in e["groups"] if g["computed"] == 0.0]
@@ -57,7 +57,7 @@ def test_cached_run_reuses_and_reports_telemetry(runner, calibration):
 
 
 def test_cancel_mid_run_leaves_next_run_correct(runner, calibration):
-    method = LayerCacheMethod(lc.plan(calibration, 0.6, protect_first=1))
+    method = LayerCacheMethod(lc.plan(calibration, 0.6))
     fresh = run_all(runner, method, seed=5)[-1]
     stream = runner.run(CALL, 5, STEPS, method, 3)
     for event in stream:
@@ -71,7 +71,7 @@ def test_cancel_mid_run_leaves_next_run_correct(runner, calibration):
 
 
 def test_new_run_cancels_an_abandoned_one(runner, calibration):
-    method = LayerCacheMethod(lc.plan(calibration, 0.6, protect_first=1))
+    method = LayerCacheMethod(lc.plan(calibration, 0.6))
     abandoned = runner.run(CALL, 5, STEPS, method, 3)
     next(abandoned)  # a server dropped it without closing it
     final = run_all(runner, NoCache(), seed=5)[-1]
@@ -94,7 +94,7 @@ def test_cancel_from_another_thread_at_any_moment_ends_the_stream_quietly(runner
     import threading
     import time
 
-    method = LayerCacheMethod(lc.plan(calibration, 0.6, protect_first=1))
+    method = LayerCacheMethod(lc.plan(calibration, 0.6))
     for delay in np.linspace(0.0, 0.4, 9):  # a run takes about 0.5 s
         stream = runner.run(CALL, 5, STEPS, method, 3)
         timer = threading.Timer(delay, runner.cancel)
