@@ -52,6 +52,7 @@ class LayerCacheState(BaseState):
         self.passthrough = False
         self.computing = True  # is the current group being computed (vs reused)?
         self.group_input = None
+        self.reused = None     # (hidden, encoder) a reused group's first block returned
         self.started = 0.0
         self.sigmas = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
         self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
@@ -167,8 +168,8 @@ class LayerCacheBlockHook(ModelHook):
                 return self._reuse(state, cell, hidden, encoder)
             state.group_input = (hidden, encoder)
             state.started = time.perf_counter()
-        elif not state.computing:
-            return self._as_output(*self._inputs(args, kwargs))
+        elif not state.computing:   # the rest of a reused group: hand on what its first block returned
+            return self._as_output(*state.reused)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.is_tail:
             self._log_computed(state, output)
@@ -185,7 +186,8 @@ class LayerCacheBlockHook(ModelHook):
                                 cell.k)
         # predictions are not logged: predictors fit computed residuals only, so an error made here is never
         # extrapolated again (and the planner's error model, which scores anchors, stays exact)
-        return self._as_output(hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
+        state.reused = (hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
+        return self._as_output(*state.reused)
 
     def _log_computed(self, state, output):
         g = self.group
