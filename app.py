@@ -122,7 +122,7 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
         seed, steps, groups, max_k = int(seed), int(steps), int(groups), int(max_k)
         runner = bench.runner(model)
         cached, source = bench.method(model, method, steps, groups, budget, max_k, threshold,
-                                      progress=lambda done, total: progress(done / total, desc="calibrating"))
+                                      progress=lambda done, total, desc="calibrating": progress(done / total, desc=desc))
         call = {"prompt": prompt, "guidance_scale": float(guidance)}
         grids = viz.empty_grids(steps, groups)
         skip = [gr.skip()] * 3

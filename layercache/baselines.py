@@ -86,6 +86,7 @@ class BenchContext:
     def __init__(self, pipe, num_steps: int, calibration_calls: list, calibrations: dict | None = None,
                  log: Callable = lambda message: None, fbc_thresholds=None):
         self.pipe, self.num_steps, self.calibration_calls = pipe, num_steps, calibration_calls
+        self.tuning_calls = calibration_calls[:1]   # plans and peers' settings are checked end to end on these
         self.fbc_thresholds = tuple(fbc_thresholds or FBC_THRESHOLDS)
         self._calibrations = dict(calibrations or {})
         self._cache: dict = {}
@@ -147,9 +148,8 @@ def _with_diffusers_cache(name, budget, config, planned, params) -> OperatingPoi
 # calls (planner.plan_verified), so that each ablation changes one thing only.
 
 def _verified(ctx, groups, budget, **options):
-    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.calibration_calls,
-                                                                        ctx.num_steps))
-    return plan_verified(ctx.pipe, ctx.calibration(groups), budget, ctx.calibration_calls, reference=reference,
+    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.tuning_calls, ctx.num_steps))
+    return plan_verified(ctx.pipe, ctx.calibration(groups), budget, ctx.tuning_calls, reference=reference,
                          **options)
 
 
@@ -231,13 +231,12 @@ def _meancache(ctx, budget):
 def tune(ctx, points: list) -> OperatingPoint:
     """The operating point whose final latents on the calibration calls are closest to the uncached ones:
     how every peer with a free setting is tuned, per (steps, budget) cell, never on evaluation inputs."""
-    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.calibration_calls,
-                                                                        ctx.num_steps))
+    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.tuning_calls, ctx.num_steps))
     best, best_error = None, np.inf
     for point in points:
         point.attach(ctx.pipe)
         try:
-            latents = reference_latents(ctx.pipe, ctx.calibration_calls, point.num_inference_steps or ctx.num_steps)
+            latents = reference_latents(ctx.pipe, ctx.tuning_calls, point.num_inference_steps or ctx.num_steps)
         finally:
             point.detach(ctx.pipe)
         error = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
@@ -366,14 +365,14 @@ def taylorseer_computed_steps(interval: int, warmup: int, num_steps: int) -> int
 def _taylorseer(ctx, budget):
     """TaylorSeer (fp32 factors) on every whole block, so a predicted step runs no block. It computes the first
     `warm-up` steps, then one step in `interval`. Tuned per cell on the calibration calls: of the (interval,
-    warm-up) pairs that compute round(N·b) steps (up to four, most frequent refresh first), each with Taylor
+    warm-up) pairs that compute round(N·b) steps (up to three, most frequent refresh first), each with Taylor
     order 1 and 2, the one closest to the uncached latents."""
     from diffusers import TaylorSeerCacheConfig
 
     n, target = ctx.num_steps, steps_for(budget, ctx.num_steps)
     pairs = sorted((abs(taylorseer_computed_steps(i, w, n) - target), i, w) for i in range(1, n + 1)
                    for w in range(1, n + 1))
-    closest = [(i, w) for miss, i, w in pairs if miss == pairs[0][0]][:4]
+    closest = [(i, w) for miss, i, w in pairs if miss == pairs[0][0]][:3]
     points = []
     for interval, warmup in closest:
         for order in (1, 2):

@@ -403,10 +403,10 @@ class Workbench:
         elif name == "LayerCache, per group":
             schedule = plan(cal, budget, allocation="groups", max_k=max_k)
         else:
-            schedule = self.verified_plan(key, cal, budget, max_k)
+            schedule = self.verified_plan(key, cal, budget, max_k, progress)
         return LayerCacheMethod(schedule, name), source
 
-    def verified_plan(self, key: str, cal, budget: float, max_k: int):
+    def verified_plan(self, key: str, cal, budget: float, max_k: int, progress=None):
         """`plan_verified` on the model's calibration calls (a few cached runs of them; the uncached reference is
         computed once per model and step count), remembered per setting."""
         from .planner import plan_verified, reference_latents
@@ -415,11 +415,13 @@ class Workbench:
             runner = self.runner(key)
             runner.cancel()
             with runner._lock:  # no run may start on this pipeline meanwhile
-                pipe, calls = runner.pipes["uncached"], _calibration_calls(key)
+                pipe, calls = runner.pipes["uncached"], _calibration_calls(key)[:1]
                 if (key, cal.num_steps) not in self._references:
                     self._references[key, cal.num_steps] = reference_latents(pipe, calls, cal.num_steps)
+                checking = None if progress is None else (
+                    lambda done, total: progress(done, total, "checking candidate plans on the calibration inputs"))
                 self._plans[memo] = plan_verified(pipe, cal, budget, calls, max_k=max_k,
-                                                  reference=self._references[key, cal.num_steps])
+                                                  reference=self._references[key, cal.num_steps], progress=checking)
         return self._plans[memo]
 
     def explore(self, key: str, call: dict, seed: int, steps: int, groups: int, max_k: int, progress=None):
