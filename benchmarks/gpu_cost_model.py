@@ -5,8 +5,11 @@ configurations on PyTorch's meta device (shapes only, no memory, no arithmetic),
 
 Per model it prints each block's FLOPs against the static weight-count proxy, then the schedules bench-gpu
 plans from each cost model with the FLOP fraction they execute (1 / fraction = ideal speed-up). The H200 run
-in --measured was planned with the proxy; its measured speed-ups, read from that file, are set against the
-true ideal of the very schedules it ran.
+in --measured was planned with the proxy by the per-group greedy planner that the exact whole-step planner
+replaced; its measured speed-ups are set against the true ideal of the very schedules it ran only with that
+planner: run this file as of commit 068f801 for the README's table (`git worktree add /tmp/old 068f801`). With
+today's planner the --measured column is left out (different schedules; whole-step plans execute their planned
+FLOP fraction under either cost model).
 """
 
 import argparse
@@ -77,7 +80,7 @@ def main():
                 fraction = ((computed * shares).sum() / len(sigmas) + other) / total
                 line = (f"    budget {budget}: planned {schedule.compute_fraction:.3f}, FLOPs executed {fraction:.3f}, "
                         f"ideal speed-up {1 / fraction:.3f}")
-                if costs is None and (name, budget) in measured:
+                if costs is None and (name, budget) in measured and schedule.meta.get("allocation") != "steps":
                     realized = measured[name, budget]
                     line += f"; measured {realized:.3f}, realized / ideal {realized * fraction:.3f}"
                 print(line)

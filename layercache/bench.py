@@ -398,6 +398,34 @@ def grid(records: list, method: str = "layercache") -> str:
     return "\n".join(lines)
 
 
+def report(paths, html=None, png=None) -> str:
+    """The grid and the speed table of several results files (one per step count, or any mix)."""
+    records = []
+    for path in paths:
+        try:
+            records += json.loads(Path(path).read_text())["records"]
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{path} is not a bench results file ({type(err).__name__})") from None
+    if html or png:
+        write_figure(records, html, png)
+    lines = [grid(records), "", "| steps | budget | " + " | ".join(
+        f"{m} wall× (of ideal)" for m in dict.fromkeys(r["method"] for r in records if r["method"] != "uncached"))
+        + " |"]
+    methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "uncached"))
+    lines.append("|---|---|" + "---|" * len(methods))
+    for steps in sorted({r["steps"] for r in records}):
+        for budget in sorted({r["budget"] for r in records if r["steps"] == steps and r["method"] != "uncached"},
+                             reverse=True):
+            cells = []
+            for method in methods:
+                r = next((r for r in records if (r["method"], r["steps"], r["budget"]) == (method, steps, budget)),
+                         None)
+                ok = r is not None and r["speedup_wall"] and r["speedup_ideal"]
+                cells.append(f"{r['speedup_wall']:.2f} ({r['speedup_wall'] / r['speedup_ideal']:.2f})" if ok else "–")
+            lines.append(f"| {steps} | {budget:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m layercache.bench", description=__doc__.splitlines()[0])
     for flags, kwargs in ARGUMENTS:

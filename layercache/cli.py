@@ -113,6 +113,16 @@ def bench(args):
     run(args)
 
 
+@command("the grid of one or more bench results (e.g. one per step count): LayerCache against the best peer per "
+         "(steps, budget) cell, and wall-clock against ideal speed-ups; --html/--png redraw the Pareto figure",
+         arg("results", nargs="+", help="bench results JSON files"), arg("--html", default=None),
+         arg("--png", default=None))
+def bench_report(args):
+    from .bench import report
+
+    print(report(args.results, args.html, args.png))
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line instead of argparse's usage block, so that every bad input looks the same."""

@@ -104,3 +104,21 @@ def test_two_accelerate_processes_merge_to_the_single_process_result(tmp_path):
         if one["method"] != "uncached":
             assert one["timing_repeats"] == 1 and two["timing_repeats"] == 2   # one timed pair per process
             assert one["lpips"] is None and one["lpips_reason"]
+
+
+def test_report_merges_results_files_and_rejects_others(tmp_path):
+    def record(method, steps, budget, psnr, wall, ideal):
+        return {"method": method, "steps": steps, "budget": budget, "psnr": psnr, "speedup_wall": wall,
+                "speedup_ideal": ideal}
+
+    (tmp_path / "a.json").write_text(json.dumps({"records": [record("layercache", 10, 0.5, 30.0, 1.8, 2.0),
+                                                             record("meancache", 10, 0.5, 29.0, 1.9, 2.0)]}))
+    (tmp_path / "b.json").write_text(json.dumps({"records": [record("layercache", 20, 0.5, 40.0, 1.6, 2.0),
+                                                             record("meancache", 20, 0.5, 41.0, 2.0, 2.0)]}))
+    text = bench.report([tmp_path / "a.json", tmp_path / "b.json"])
+    assert "| 10 | 0.5 | **30.00** | meancache | 29.00 | +1.00 |" in text
+    assert "| 20 | 0.5 | 40.00 | meancache | 41.00 | -1.00 |" in text
+    assert "| 20 | 0.5 | 1.60 (0.80) | 2.00 (1.00) |" in text
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a bench results file"):
+        bench.report([tmp_path / "c.json"])
