@@ -33,6 +33,8 @@ DEFAULTS = space_defaults()
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 FBC = "FirstBlockCache (diffusers)"
 MAX_STEPS = 200
+MAX_K = 4          # the calibrations' largest K
+BUDGET_MIN = 0.1   # the slider's lower end: every method plans at every budget from here to 1
 bench = Workbench()
 STOPPED = "**Stopped.** The next run starts clean."
 _stopped_at: dict = {}  # session -> time of its last Stop
@@ -245,13 +247,14 @@ def build_demo() -> gr.Blocks:
                     steps = gr.Slider(2, MAX_STEPS, d["steps"], step=1, label="Steps", elem_id="steps")
                 guidance = gr.Slider(1.0, 10.0, d["guidance"], step=0.5, label="Guidance")
                 method = gr.Dropdown(list(METHODS), value=d["method"], label="Cached lane's method")
-                budget = gr.Slider(0.1, 1.0, d["budget"], step=0.01, label="Compute budget (fraction of blocks run)")
+                budget = gr.Slider(BUDGET_MIN, 1.0, d["budget"], step=0.01,
+                                   label="Compute budget (fraction of blocks run)")
                 speedup = gr.Markdown(ideal_speedup(d["budget"]))
                 threshold = gr.Slider(0.0, 0.5, d["fbc_threshold"], step=0.01, visible=False,
                                       label="FirstBlockCache threshold (skip when the first block changes less)")
                 with gr.Row():
                     groups = gr.Slider(1, 12, groups0, step=1, label="Groups")
-                    max_k = gr.Slider(1, 4, d["max_k"], step=1, label="Largest K")
+                    max_k = gr.Slider(1, MAX_K, d["max_k"], step=1, label="Largest K")
                 calibration = gr.Textbox(describe_calibration(d["model"], steps0, groups0), label="Calibration in use",
                                          interactive=False, lines=2)
                 with gr.Row():

@@ -134,8 +134,9 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
         raise ValueError(f"num_inference_steps must be an integer >= 2, got {num_inference_steps!r}")
     if not all(isinstance(k, int) and k >= 1 for k in k_values) or not k_values:
         raise ValueError(f"K values must be integers >= 1, got {k_values!r}")
-    if not 1 <= max_horizon <= num_inference_steps:
-        raise ValueError(f"max_horizon must be from 1 to {num_inference_steps}, got {max_horizon}")
+    if isinstance(max_horizon, bool) or not isinstance(max_horizon, int) or max_horizon < 1:
+        raise ValueError(f"max_horizon must be an integer >= 1, got {max_horizon!r}")
+    max_horizon = min(max_horizon, num_inference_steps - 1)   # the Explore table's horizons; plans need none
     transformer = pipe.transformer
     partition(transformer, num_groups, group_starts)  # a bad grouping fails before any model work
     # the first step, run once to read the sigmas, also measures what each block costs at these token counts

@@ -181,3 +181,26 @@ def test_viz_figures_keep_zoom_and_show_values():
     assert big.shape == (256, 256) and big.dtype == np.uint8 and big[0, 0] == 128
     diff = viz.difference_image(np.zeros((2, 2)), np.full((2, 2), 0.01))
     assert np.allclose(diff, 0.1)
+
+
+@pytest.mark.parametrize("steps", [2, 10])
+def test_every_budget_the_slider_offers_plans_for_every_method(steps, tmp_path, monkeypatch):
+    """The slider's lower end (and the K slider's ends) with every method: a plan, never an error about a setting
+    the app does not show. 10 steps uses the shipped calibration; 2 steps calibrates on first use. (Two labels as
+    calibration calls keep the end-to-end checks of the candidate plans quick.)"""
+    import app
+    import layercache.runner as runner
+    from layercache.runner import METHODS, Workbench
+
+    monkeypatch.setenv("LAYERCACHE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runner, "_calibration_calls", lambda key: [{"label": [1, 7], "seed": 1}])
+    bench = Workbench()
+    for method in METHODS:
+        for budget in (app.BUDGET_MIN, 1.0):
+            for max_k in (1, app.MAX_K):
+                cached, _ = bench.method("tiny", method, steps, 4, budget, max_k)
+                schedule = getattr(cached, "schedule", None)
+                if schedule is not None:  # whole-step plans round N·budget half up, at least step 0
+                    assert schedule.num_steps == steps
+                    assert schedule.compute_fraction <= max(budget + 0.5 / steps, 1 / steps) + 1e-9
+                    assert schedule.max_k <= max_k or not METHODS[method]
