@@ -123,8 +123,10 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
         check_inputs(model, prompt, seed, steps, budget, groups, max_k, method)
         seed, steps, groups, max_k = int(seed), int(steps), int(groups), int(max_k)
         runner = bench.runner(model)
-        cached, source = bench.method(model, method, steps, groups, budget, max_k, threshold,
-                                      progress=lambda done, total, desc="calibrating": progress(done / total, desc=desc))
+        def report(done, total, desc="calibrating"):
+            progress(done / total, desc=desc)
+
+        cached, source = bench.method(model, method, steps, groups, budget, max_k, threshold, progress=report)
         call = {"prompt": prompt, "guidance_scale": float(guidance)}
         grids = viz.empty_grids(steps, groups)
         skip = [gr.skip()] * 3

@@ -77,7 +77,8 @@ def main(argv=None):
             proc.wait(timeout=30)
     firsts, totals = [r[0] for r in results], [r[1] for r in results]
     m = results[-1][2]
-    print(f"machine: {machine()} (the app itself uses LAYERCACHE_THREADS, default 1, on a CPU); load average {os.getloadavg()[0]:.1f} (other work shares these cores)")
+    print(f"machine: {machine()} (the app itself uses LAYERCACHE_THREADS, default 1, on a CPU); "
+          f"load average {os.getloadavg()[0]:.1f} (other work shares these cores)")
     print(f"default run: {d['steps']} steps, both lanes, {d['method']} at budget {d['budget']}, {d['groups']} groups")
     print(f"first streamed step after Run: median {statistics.median(firsts):.2f} s "
           f"(min {min(firsts):.2f}, max {max(firsts):.2f}; {a.repeats} runs)   target < 1 s")

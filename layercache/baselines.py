@@ -37,27 +37,18 @@ import contextlib
 import io
 import math
 import re
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry
-from diffusers.hooks.hooks import BaseState, StateManager
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from .calibrate import Calibration, call_kwargs, calibrate
+from .calibrate import Calibration, calibrate, call_kwargs
+from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
 from .meancache import apply_meancache, meancache_schedule, remove_meancache
-from .groups import model_spec
-from .hooks import LayerCacheModelHook, apply_layer_cache, LayerCacheConfig, remove_layer_cache
-from .planner import (check_budget, plan_verified, reference_latents, schedule_from_mask, shortest_schedule,
-                      steps_for)
 from .metrics import BlockCounter
-from .predictors import predict
-from .schedule import Cell, Schedule
-from .telemetry import Telemetry
-
+from .planner import check_budget, plan_verified, reference_latents, schedule_from_mask, steps_for
+from .schedule import Schedule
 
 # ---------------------------------------------------------------- the interface
 

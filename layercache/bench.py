@@ -149,8 +149,7 @@ def _timed(pipe, seed, steps) -> float:
 
 def measure(pipe, ctx, points, batches, repeats, progress) -> tuple[list, list]:
     """This process's share: per-image records and per-(point, process) timing/compute records."""
-    from .metrics import BlockCounter
-    from .metrics import lpips, psnr, ssim
+    from .metrics import BlockCounter, lpips, psnr, ssim
     from .models.tiny.classifier import classify, load_classifier
 
     classifier = load_classifier()
@@ -382,7 +381,8 @@ def table(records: list) -> str:
 def grid(records: list, method: str = "layercache") -> str:
     """Markdown: per (steps, budget) cell, `method`'s PSNR and the best other method's (ablations of `method`
     are not its peers), and the margin."""
-    lines = ["| steps | budget | LayerCache PSNR dB | best peer | its PSNR dB | margin dB |", "|---|---|---|---|---|---|"]
+    lines = ["| steps | budget | LayerCache PSNR dB | best peer | its PSNR dB | margin dB |",
+             "|---|---|---|---|---|---|"]
     for steps in sorted({r["steps"] for r in records}):
         for budget in sorted({r["budget"] for r in records if r["steps"] == steps and r["method"] != "uncached"},
                              reverse=True):

@@ -206,7 +206,8 @@ def main(argv=None):
     if _cuda() and not torch.cuda.is_available():
         raise ValueError("bench-gpu needs a CUDA GPU; none is visible")
     torch.backends.cuda.matmul.allow_tf32 = True
-    print(f"GPU: {torch.cuda.get_device_name() if _cuda() else 'none (cpu smoke run)'}, torch {torch.__version__}, bf16")
+    gpu = torch.cuda.get_device_name() if _cuda() else "none (cpu smoke run)"
+    print(f"GPU: {gpu}, torch {torch.__version__}, bf16")
     for name in models:
         run_config(name, budgets, args.steps, args.groups, args.repeats)
         if _cuda():

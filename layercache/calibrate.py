@@ -79,7 +79,8 @@ class Calibration:
                 arrays = {k: data[k] for k in ("errors", "gram", "velocity_change", "outputs")}
                 arrays["outputs"] = arrays["outputs"].astype(np.float32)  # stored as float16 to keep files small
         except Exception as err:
-            raise ValueError(f"calibration file {path} is corrupt or not a calibration ({type(err).__name__})") from None
+            raise ValueError(f"calibration file {path} is corrupt or not a calibration "
+                             f"({type(err).__name__})") from None
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"{path} is not a version-{VERSION} LayerCache calibration: calibrate again "
                              f"(`python -m layercache calibrate`, or delete it from the app's cache folder)")

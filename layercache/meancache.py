@@ -20,6 +20,7 @@ from .predictors import predict
 from .schedule import Cell, Schedule
 from .telemetry import Telemetry
 
+
 def meancache_costs(outputs: np.ndarray, sigmas: list, k_values=(1, 2, 3, 4), gamma: float = 2.0):
     """Edge costs of MeanCache's shortest path, from calibrated transformer outputs (T, N, S).
 

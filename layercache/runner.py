@@ -1,7 +1,8 @@
 """Run the uncached and the cached sampler side by side, in lockstep, and yield plain-data step events.
 
 Each lane is the real pipeline `__call__` in its own thread, parked in `callback_on_step_end` after every
-step until the controller says "go": step i of one lane, then step i of the other, then an event. Only one lane runs at a time, so each lane's clock is honest (it stops while the other lane runs and
+step until the controller says "go": step i of one lane, then step i of the other, then an event. Only one lane
+runs at a time, so each lane's clock is honest (it stops while the other lane runs and
 while the app draws). The cached lane has its own transformer (a deep copy, made once): cache hooks live on
 the module, so two lanes cannot share one. The cache is attached for one run and detached after it, also
 after a cancel, so nothing is left attached and no state carries over.

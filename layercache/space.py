@@ -14,8 +14,9 @@ SPACE_YAML = Path(__file__).resolve().parents[1] / "space.yaml"
 def load(path=SPACE_YAML) -> dict:
     with open(path, encoding="utf-8") as f:
         data = yaml.safe_load(f)
-    if not isinstance(data, dict) or not isinstance(data.get("space"), dict) or not isinstance(data.get("defaults"), dict):
-        raise ValueError(f"{path} must hold a `space:` mapping (Space metadata) and a `defaults:` mapping (app defaults)")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("space", "defaults")):
+        raise ValueError(f"{path} must hold a `space:` mapping (Space metadata) and a `defaults:` mapping "
+                         f"(app defaults)")
     return data
 
 

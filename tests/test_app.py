@@ -139,9 +139,8 @@ def test_explore_view(client):
 
 
 def test_space_yaml_is_the_source_of_front_matter_and_defaults():
-    from layercache import space
-
     import app
+    from layercache import space
 
     data = yaml.safe_load((ROOT / "space.yaml").read_text())
     rendered = space.front_matter()

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from layercache.models.tiny.classifier import (
-    classify, features, frechet_distance, held_out_accuracy, load_classifier)
+from layercache.models.tiny.classifier import classify, features, frechet_distance, held_out_accuracy, load_classifier
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ random components. Every cell computed must be bit-identical to uncached; hooks 
 the model; real block executions must match the schedule per CFG branch."""
 
 import pytest
-import torch
 import tiny_pipelines
+import torch
 
 import layercache as lc
 from layercache.groups import find_blocks
@@ -61,13 +61,14 @@ def test_cached_runs_repeat_and_disable_restores(name):
     assert not lc.is_enabled(pipe.transformer)
 
 
+@pytest.mark.parametrize("allocation", ["steps", "groups"])
 @pytest.mark.parametrize("name", NAMES)
-def test_block_executions_match_schedule_per_cfg_branch(name):
+def test_block_executions_match_schedule_per_cfg_branch(name, allocation):
     pipe, kwargs, cal = setup(name)
-    schedule = lc.plan(cal, 0.6)
+    schedule = lc.plan(cal, 0.6, allocation=allocation)
+    ends = schedule.group_starts[1:] + [schedule.num_blocks]
     expected = sum(len(range(*bounds)) for row in schedule.cells
-                   for bounds, cell in zip(zip(schedule.group_starts, schedule.group_starts[1:] + [schedule.num_blocks]),
-                                           row) if cell.compute)
+                   for bounds, cell in zip(zip(schedule.group_starts, ends), row) if cell.compute)
     counts = {}
     lc.enable(pipe, schedule)
     hook = pipe.transformer._diffusers_hook.get_hook("layercache_model")

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
-    command = ci_lines[ci_lines.index(next(l for l in ci_lines if "README test command" in l)) + 1]
+    command = ci_lines[ci_lines.index(next(line for line in ci_lines if "README test command" in line)) + 1]
     assert "python -m pytest" in command
     assert f"```bash\n{command}\n```" in readme
 

@@ -7,7 +7,7 @@ import torch
 import layercache as lc
 from layercache.hooks import is_enabled
 from layercache.models.tiny import TinyDigitPipeline
-from layercache.runner import LockstepRunner, LayerCacheMethod, NoCache
+from layercache.runner import LayerCacheMethod, LockstepRunner, NoCache
 
 STEPS = 6
 CALL = {"prompt": "seven", "guidance_scale": 3.0}

@@ -2,9 +2,17 @@
 (DESIGN.md §4), so that LayerCache is tested on their real code paths without downloads."""
 
 import torch
-from diffusers import (AutoencoderKL, AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, FluxPipeline,
-                       FluxTransformer2DModel, QwenImagePipeline, QwenImageTransformer2DModel, SD3Transformer2DModel,
-                       StableDiffusion3Pipeline)
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 
 
 def _vae(latent_channels):
@@ -58,7 +66,8 @@ def qwen():
     pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
                              tokenizer=None, transformer=transformer)
     g = torch.Generator().manual_seed(1)
-    embeds = {"prompt_embeds": torch.randn(1, 6, 32, generator=g), "prompt_embeds_mask": torch.ones(1, 6, dtype=torch.long),
+    embeds = {"prompt_embeds": torch.randn(1, 6, 32, generator=g),
+              "prompt_embeds_mask": torch.ones(1, 6, dtype=torch.long),
               "negative_prompt_embeds": torch.randn(1, 6, 32, generator=g),
               "negative_prompt_embeds_mask": torch.ones(1, 6, dtype=torch.long),
               "true_cfg_scale": 2.0, "height": 32, "width": 32}

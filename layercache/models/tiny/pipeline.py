@@ -91,7 +91,8 @@ class TinyDigitPipeline(DiffusionPipeline):
         labels = [parse_prompt(item) for item in items]
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
                 or not 1 <= num_inference_steps <= MAX_STEPS:
-            raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_inference_steps!r}")
+            raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, "
+                             f"got {num_inference_steps!r}")
         if not isinstance(guidance_scale, (int, float)) or not np.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
         if generator is not None and not isinstance(generator, (torch.Generator, list)):
