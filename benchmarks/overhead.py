@@ -1,9 +1,10 @@
 """Cost of the machinery on the bundled model, timed interleaved in one process (median of repeats).
 
-    python benchmarks/overhead.py [--repeats 7] [--budget 0.5]
+    python benchmarks/overhead.py [--repeats 7] [--budgets 0.7,0.5,0.35,0.25,0.2] [--steps 50]
 
-Prints: hooked-but-all-computed time / unhooked time (target <= 1.03), and at the budget the realized
-wall-clock speed-up against the ideal one, 1 / executed compute fraction (target ratio >= 0.85).
+Prints: hooked-but-all-computed time / unhooked time (target <= 1.03), and at each budget the realized
+wall-clock speed-up of LayerCache (`lc.plan`) and of MeanCache (same calibration) against the ideal one,
+1 / executed compute fraction (target: LayerCache within 10% of ideal and not below MeanCache by more than noise).
 """
 
 import argparse
@@ -13,6 +14,7 @@ import time
 import torch
 
 import layercache as lc
+from layercache.meancache import apply_meancache, meancache_schedule, remove_meancache
 from layercache.models.registry import shipped_calibration
 from layercache.models.tiny import TinyDigitPipeline
 from layercache.speed import machine
@@ -21,17 +23,23 @@ from layercache.speed import machine
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--budget", type=float, default=0.5)
+    ap.add_argument("--budgets", default="0.7,0.5,0.35,0.25,0.2")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--telemetry", action="store_true", help="time with telemetry recording on")
     args = ap.parse_args()
     pipe = TinyDigitPipeline.from_weights()
     pipe.set_progress_bar_config(disable=True)
     cal = lc.Calibration.load(shipped_calibration("tiny", args.steps, 4))
-    schedules = {"all computed": lc.plan(cal, 1.0), f"budget {args.budget}": lc.plan(cal, args.budget)}
+    budgets = [float(b) for b in args.budgets.split(",")]
+    schedules = {"all computed": lc.plan(cal, 1.0)}
+    for budget in budgets:
+        schedules[f"layercache {budget}"] = lc.plan(cal, budget)
+        schedules[f"meancache {budget}"] = meancache_schedule(cal, budget)
 
     def timed(schedule=None):
-        if schedule is not None:
+        if schedule is not None and schedule.meta["method"] == "meancache":
+            apply_meancache(pipe.transformer, schedule)
+        elif schedule is not None:
             lc.enable(pipe, schedule, telemetry=args.telemetry)
         try:
             start = time.perf_counter()
@@ -39,7 +47,9 @@ def main():
                  output_type="pt")
             return time.perf_counter() - start
         finally:
-            if schedule is not None:
+            if schedule is not None and schedule.meta["method"] == "meancache":
+                remove_meancache(pipe.transformer)
+            elif schedule is not None:
                 lc.disable(pipe)
 
     timed(), timed(schedules["all computed"])  # warm-up
@@ -55,11 +65,16 @@ def main():
     for name, value in median.items():
         print(f"  {name:<14} {value:.3f} s")
     overhead = median["all computed"] / median["unhooked"]
-    fraction = schedules[f"budget {args.budget}"].compute_fraction
-    realized = median["unhooked"] / median[f"budget {args.budget}"]
     print(f"overhead, every cell computed: {overhead:.3f}x the unhooked time (target <= 1.03)")
-    print(f"budget {args.budget}: realized speed-up {realized:.2f}x, ideal {1 / fraction:.2f}x, "
-          f"ratio {realized * fraction:.2f} (target >= 0.85)")
+    print("| budget | ideal | LayerCache wall× | of ideal | MeanCache wall× | of ideal |")
+    print("|---|---|---|---|---|---|")
+    for budget in budgets:
+        row = [f"{budget:g}", f"{1 / schedules[f'layercache {budget}'].compute_fraction:.2f}×"]
+        for method in ("layercache", "meancache"):
+            schedule = schedules[f"{method} {budget}"]
+            realized = median["unhooked"] / median[f"{method} {budget}"]
+            row += [f"{realized:.2f}×", f"{realized * schedule.compute_fraction:.2f}"]
+        print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
