@@ -416,7 +416,7 @@ class Workbench:
             runner = self.runner(key)
             runner.cancel()
             with runner._lock:  # no run may start on this pipeline meanwhile
-                pipe, calls = runner.pipes["uncached"], _calibration_calls(key)[:1]
+                pipe, calls = runner.pipes["uncached"], _verification_calls(key)
                 if (key, cal.num_steps) not in self._references:
                     self._references[key, cal.num_steps] = reference_latents(pipe, calls, cal.num_steps)
                 checking = None if progress is None else (
@@ -433,6 +433,15 @@ class Workbench:
         with runner._lock:
             return calibrate(runner.pipes["uncached"], [dict(call, seed=seed)], steps, num_groups=groups,
                              k_values=tuple(range(1, max_k + 1)), progress=progress)
+
+
+def _verification_calls(key: str) -> list:
+    """What the app runs candidate plans on: two calibration-seed digits (one prompt for hub models), so that a
+    plan for a new setting is checked in seconds."""
+    if key == "tiny":
+        from .models.tiny.sets import CALIBRATION_SEEDS
+        return [{"label": [3, 8], "seed": CALIBRATION_SEEDS[0]}]
+    return HUB_CALIBRATION_CALLS[:1]
 
 
 def _calibration_calls(key: str) -> list:

@@ -185,14 +185,13 @@ def test_viz_figures_keep_zoom_and_show_values():
 @pytest.mark.parametrize("steps", [2, 10])
 def test_every_budget_the_slider_offers_plans_for_every_method(steps, tmp_path, monkeypatch):
     """The slider's lower end (and the K slider's ends) with every method: a plan, never an error about a setting
-    the app does not show. 10 steps uses the shipped calibration; 2 steps calibrates on first use. (Two labels as
-    calibration calls keep the end-to-end checks of the candidate plans quick.)"""
+    the app does not show. 10 steps uses the shipped calibration; 2 steps calibrates on first use."""
     import app
     import layercache.runner as runner
     from layercache.runner import METHODS, Workbench
 
     monkeypatch.setenv("LAYERCACHE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(runner, "_calibration_calls", lambda key: [{"label": [1, 7], "seed": 1}])
+    monkeypatch.setattr(runner, "_calibration_calls", lambda key: [{"label": [1, 7], "seed": 1}])  # for 2 steps
     bench = Workbench()
     for method in METHODS:
         for budget in (app.BUDGET_MIN, 1.0):
