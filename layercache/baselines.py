@@ -14,12 +14,15 @@ Methods (names as on the command line):
   layercache          plan over (step, group, K), 4 groups, per-group or whole-step, checked end to end
   layercache-k1       ablation: K fixed to 1 (plain reuse, no JVP)
   layercache-g1       ablation: one group (the whole block stack decided per step)
-  layercache-uniform  ablation: no greedy allocator; every group reused on the same evenly spread steps,
+  layercache-uniform  ablation: no planner; every group reused on the same evenly spread steps,
                       each reused cell with its calibrated best (predictor, K)
   meancache           whole model: a cached step calls no block; û = v_last − Δσ·J (MeanCache's
-                      estimator on transformer outputs), schedule by DP with exactly B computed steps
+                      estimator on transformer outputs), schedule by DP with exactly B computed steps (γ tuned)
   fbcache             diffusers FirstBlockCacheConfig (threshold searched on calibration inputs)
-  taylorseer          diffusers TaylorSeerCacheConfig on whole blocks (interval + warm-up fitted to b)
+  taylorseer          diffusers TaylorSeerCacheConfig on whole blocks (interval, warm-up, order tuned)
+
+Every free setting (LayerCache's plan, MeanCache's γ, TaylorSeer's interval/warm-up/order) is chosen per
+(steps, budget) cell by the final latents on the first calibration call (`tune`, `plan_verified`).
   magcache            diffusers MagCacheConfig, ratios calibrated on the model with its calibrate mode
   fewer-steps         the uncached sampler with round(N·b) steps
   fixed-interval      every group recomputed every I_g steps and plainly reused in between
@@ -168,7 +171,7 @@ def _free_steps(n, protect_first=2, protect_last=1):
 
 
 def _layercache_uniform(ctx, budget):
-    """Same protected steps as the planner; R = round(N(1−b)) reused steps spread evenly over the rest."""
+    """Steps 0, 1 and the last computed; R = round(N(1−b)) reused steps spread evenly over the rest."""
     cal = ctx.calibration(4)
     free = _free_steps(cal.num_steps)
     reused = min(len(free), steps_for(1 - budget, cal.num_steps) if budget < 1 else 0)
@@ -389,7 +392,7 @@ METHODS = {m.name: m for m in [
     Method("layercache", "(step, group, K) plan checked end to end, 4 groups", _layercache),
     Method("layercache-k1", "ablation: K fixed to 1 (no JVP)", _layercache_k1),
     Method("layercache-g1", "ablation: a single group", _layercache_g1),
-    Method("layercache-uniform", "ablation: evenly spread reuse, no greedy allocator", _layercache_uniform),
+    Method("layercache-uniform", "ablation: evenly spread reuse, no planner", _layercache_uniform),
     Method("meancache", "whole-model MeanCache, DP schedule", _meancache),
     Method("fbcache", "diffusers FirstBlockCache", _fbcache),
     Method("taylorseer", "diffusers TaylorSeer (whole blocks)", _taylorseer),
