@@ -122,8 +122,10 @@ def _with_schedule(name, budget, schedule: Schedule) -> OperatingPoint:
         remove_layer_cache(pipe.transformer)
 
     chosen = sorted({c.encode() for row in schedule.cells for c in row if not c.compute})
-    return OperatingPoint(name, budget, attach, detach, schedule.num_steps, schedule.compute_fraction,
-                          {"reuse_cells": chosen})
+    params = {"reuse_cells": chosen}
+    if "verified" in schedule.meta:   # which candidate plan won on the calibration call
+        params["verified"] = schedule.meta["verified"]["chosen"]
+    return OperatingPoint(name, budget, attach, detach, schedule.num_steps, schedule.compute_fraction, params)
 
 
 def _with_diffusers_cache(name, budget, config, planned, params) -> OperatingPoint:
