@@ -50,7 +50,7 @@ from .calibrate import Calibration, calibrate, call_kwargs
 from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
 from .meancache import apply_meancache, meancache_schedule, remove_meancache
 from .metrics import BlockCounter
-from .planner import check_budget, plan_verified, reference_latents, schedule_from_mask, steps_for
+from .planner import check_budget, latent_mse, plan_verified, reference_latents, schedule_from_mask, steps_for
 from .schedule import Schedule
 
 # ---------------------------------------------------------------- the interface
@@ -235,7 +235,7 @@ def tune(ctx, points: list) -> OperatingPoint:
             latents = reference_latents(ctx.pipe, ctx.tuning_calls, point.num_inference_steps or ctx.num_steps)
         finally:
             point.detach(ctx.pipe)
-        error = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
+        error = latent_mse(latents, reference)
         point.params["calibration_mse"] = error
         if error < best_error:
             best, best_error = point, error

@@ -167,8 +167,6 @@ def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
 
 
 def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
-    if objective != "residuals":
-        raise ValueError("per-group plans are chosen on the residuals; use objective='residuals'")
     n, costs = cal.num_steps, np.asarray(cal.group_costs, dtype=float)
     per_group = [_paths(_runs(cell_errors(cal, g, use_slope, gamma), max_reuse), set(range(1, n + 1)))
                  for g in range(cal.num_groups)]
@@ -225,6 +223,8 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         raise ValueError(f"max_reuse must be an integer >= 1 or None, got {max_reuse!r}")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if allocation == "groups" and objective != "residuals":
+        raise ValueError("per-group plans are chosen on the residuals; use objective='residuals'")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
         raise ValueError(f"gamma must be a positive number, got {gamma!r}")
     allowed = allowed_candidates(cal, max_k, predictors)
@@ -270,6 +270,11 @@ def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, allowe
 
 
 # ---------------------------------------------------------------- checked end to end
+
+def latent_mse(latents: list, reference: list) -> float:
+    """Mean squared distance of final latents to the uncached ones, averaged over calls: the end-to-end check."""
+    return float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
+
 
 def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
     """Final latents of the uncached pipeline on each call: what `plan_verified` compares plans with."""
@@ -331,7 +336,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
             latents = reference_latents(pipe, calls, steps)
         finally:
             remove_layer_cache(pipe.transformer)
-        tried[name] = float(np.mean([((a - b) ** 2).mean().item() for a, b in zip(latents, reference)]))
+        tried[name] = latent_mse(latents, reference)
         if tried[name] < best_error:
             best, best_error = schedule, tried[name]
     if best is None:
