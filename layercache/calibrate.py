@@ -21,7 +21,7 @@ import torch
 
 from .groups import measure_block_flops, model_id, partition
 from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
-from .predictors import PREDICTORS, predict
+from .predictors import MIN_K, PREDICTORS, predict
 from .schedule import Schedule
 
 FORMAT = "layercache.calibration"
@@ -199,7 +199,7 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     keys = sorted(residuals)
     trajectories = torch.stack([torch.stack([torch.stack(residuals[k][i]) for i in range(num_inference_steps)])
                                 for k in keys])                      # (T, N, G, S)
-    candidates = [(p, k) for p in predictors for k in sorted(set(k_values)) if not (p == "mean" and k == 1)]
+    candidates = [(p, k) for p in predictors for k in sorted(set(k_values)) if k >= MIN_K[p]]
     gram = torch.einsum("tigs,tjgs->gij", trajectories.double(), trajectories.double()).numpy() / len(keys)
     errors = error_table(gram, sigmas, candidates, max_horizon)
     change = (trajectories[:, 1:] - trajectories[:, :-1]).abs().sum(-1) / trajectories[:, :-1].abs().sum(-1)

@@ -1,13 +1,14 @@
 """How a reused group's residual is predicted from its log (docs/design.md, "Predictors"). Pure tensor functions.
 
 A log holds a group's last computed residuals (its anchors: predictions are never logged), oldest first, with
-the sigma of each entry. Both predictors are linear in the log, compute in fp32 and return the log's dtype.
+the sigma of each entry. Every predictor is linear in the log, computes in fp32 and returns the log's dtype.
 K = 1 is plain reuse.
 """
 
 import torch
 
-PREDICTORS = ("slope", "mean")
+PREDICTORS = ("slope", "mean", "quadratic")
+MIN_K = {"slope": 1, "mean": 2, "quadratic": 3}   # below it a predictor is one of the others
 
 
 def slope(deltas: list, sigmas: list, sigma_now: float, k: int) -> torch.Tensor:
@@ -42,9 +43,27 @@ def mean(deltas: list, sigmas: list, sigma_now: float, sigma_next: float, k: int
     return (last.float() - (sigma_next - sigma_now) * jvp).to(last.dtype)
 
 
+def quadratic(deltas: list, sigmas: list, sigma_now: float, k: int) -> torch.Tensor:
+    """Second order: the least-squares parabola in sigma through the last K anchors (K = 3: the one through
+    them), evaluated at sigma_now. Exact on any trajectory quadratic in sigma; the slope where fewer than 3
+    anchors exist. The order TaylorSeer uses, on the group's own computed residuals and their real sigmas."""
+    span = min(k, len(deltas))
+    if span < 3:
+        return slope(deltas, sigmas, sigma_now, span)
+    # weights = e(t)^T pinv(X): X the anchors' [1, x, x^2] design, x measured from the last anchor for conditioning
+    x = torch.tensor(sigmas[-span:], dtype=torch.float64) - sigmas[-1]
+    design = torch.stack([torch.ones_like(x), x, x * x], dim=1)
+    t = sigma_now - sigmas[-1]
+    weights = torch.tensor([1.0, t, t * t], dtype=torch.float64) @ torch.linalg.pinv(design)
+    last = deltas[-1]
+    return sum(float(w) * d.float() for w, d in zip(weights.tolist(), deltas[-span:])).to(last.dtype)
+
+
 def predict(kind: str, deltas: list, sigmas: list, sigma_now: float, sigma_next: float, k: int):
     if kind == "slope":
         return slope(deltas, sigmas, sigma_now, k)
     if kind == "mean":
         return mean(deltas, sigmas, sigma_now, sigma_next, k)
+    if kind == "quadratic":
+        return quadratic(deltas, sigmas, sigma_now, k)
     raise ValueError(f"unknown predictor {kind!r}; choose one of {PREDICTORS}")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from layercache.predictors import mean, predict, slope
+from layercache.predictors import mean, predict, quadratic, slope
 
 SIGMAS = [1.0, 0.9, 0.75, 0.6, 0.4]  # uneven steps on purpose
 BASE = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
@@ -24,6 +24,20 @@ def test_constant_is_exact_for_both_predictors(k):
 def test_slope_is_exact_on_linear_trajectories_for_every_k_from_2(k):
     log = trajectory(lambda s: 3.0 - 2.0 * s)
     assert torch.allclose(slope(log, SIGMAS, 0.3, k), (3.0 - 2.0 * 0.3) * BASE, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_quadratic_is_exact_on_quadratic_trajectories(k):
+    fn = lambda s: 1.5 + 2.0 * s - 4.0 * s * s   # noqa: E731
+    log = trajectory(fn)
+    assert torch.allclose(quadratic(log, SIGMAS, 0.1, k), fn(0.1) * BASE, atol=1e-5)
+    assert torch.allclose(predict("quadratic", log, SIGMAS, 0.1, 0.0, k), fn(0.1) * BASE, atol=1e-5)
+
+
+def test_quadratic_with_fewer_than_three_anchors_is_the_slope():
+    log = trajectory(lambda s: s * s)
+    assert torch.equal(quadratic(log[:2], SIGMAS[:2], 0.3, 4), slope(log[:2], SIGMAS[:2], 0.3, 2))
+    assert torch.equal(quadratic(log, SIGMAS, 0.3, 2), slope(log, SIGMAS, 0.3, 2))
 
 
 def test_k1_is_plain_reuse():
