@@ -13,17 +13,16 @@ Block costs are FLOPs measured on one step (torch's FlopCounterMode); the ideal 
 run's FLOPs over the cached run's, the work outside the blocks included.
 """
 
-import argparse
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from .calibrate import Calibration, error_table
-from .groups import measure_block_flops, model_id, partition
-from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
-from .planner import check_budget, plan
+from ..calibrate import Calibration, error_table
+from ..groups import measure_block_flops, model_id, partition
+from ..hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+from ..planner import check_budget, plan
 
 CONFIGS = {
     "qwen-image": dict(cls="QwenImageTransformer2DModel", text_tokens=256, branches=("cond", "uncond"),
@@ -189,15 +188,8 @@ def run_config(name, budgets, steps, groups, repeats):
               f"{(peak - base_peak) / 2**30:>9.2f} {held / 2**30:>9.2f}", flush=True)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="layercache bench-gpu", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="qwen-image,flux-dev")
-    ap.add_argument("--budgets", default="0.73,0.5")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--groups", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=1)
-    args = ap.parse_args(argv)
+def run(args):
+    """`python -m layercache bench-gpu`: the arguments are declared once, in `layercache/cli.py`."""
     models = args.models.split(",")
     unknown = [m for m in models if m not in CONFIGS]
     if unknown:
@@ -213,6 +205,3 @@ def main(argv=None):
         if _cuda():
             torch.cuda.empty_cache()  # the model was freed with run_config's frame: hand its memory back
 
-
-if __name__ == "__main__":
-    main()

@@ -8,9 +8,9 @@ examples, tests and calibration.
 
 import torch
 
-from .models.tiny.classifier import accuracy, classify, features, frechet_distance, load_classifier
-from .models.tiny.data import load_mnist
-from .models.tiny.pipeline import DEFAULT_GUIDANCE
+from ..models.tiny.classifier import accuracy, classify, features, frechet_distance, load_classifier
+from ..models.tiny.data import load_mnist
+from ..models.tiny.pipeline import DEFAULT_GUIDANCE
 
 SEED_BASE = 50_000
 

@@ -55,7 +55,7 @@ class BlockCounter:
     """
 
     def __init__(self, transformer):
-        from .groups import find_blocks
+        from ..groups import find_blocks
 
         blocks = find_blocks(transformer)
         self.counts = np.zeros(len(blocks), dtype=np.int64)   # executions per block, since the last take()

@@ -18,91 +18,20 @@ Events (plain data, numpy images in [0, 1]):
    "wall_speedup", "compute_speedup", "compute_fraction"}, "method"}
 """
 
+import contextlib
 import copy
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from . import disable, enable
-from .groups import GroupLayout, partition
-from .metrics import BlockCounter, lpips, psnr, ssim
-from .schedule import Schedule
-from .telemetry import Telemetry
+from ..evaluation.metrics import BlockCounter, lpips, psnr, ssim
+from ..groups import GroupLayout, partition
 
 LANES = ("uncached", "cached")
-
-
-# --- what the cached lane runs: one small adapter per method --------------------------------------------
-
-@dataclass
-class LayerCacheMethod:
-    schedule: Schedule
-    name: str = "LayerCache"
-
-    def attach(self, pipe) -> Telemetry | None:
-        return enable(pipe, self.schedule, telemetry=True)
-
-    def detach(self, pipe) -> None:
-        disable(pipe)
-
-    def group_starts(self):
-        return self.schedule.group_starts
-
-
-@dataclass
-class MeanCacheMethod:
-    """Whole-model MeanCache (layercache.baselines): a cached step runs no block at all."""
-    schedule: Schedule
-    name: str = "MeanCache"
-
-    def attach(self, pipe) -> Telemetry | None:
-        from .meancache import apply_meancache
-        apply_meancache(pipe.transformer, self.schedule)
-        return None
-
-    def detach(self, pipe) -> None:
-        from .meancache import remove_meancache
-        remove_meancache(pipe.transformer)
-
-    def group_starts(self):
-        return None
-
-
-@dataclass
-class DiffusersCacheMethod:
-    """A cache built into diffusers, e.g. FirstBlockCacheConfig(threshold=0.05)."""
-    config: Any
-    name: str
-
-    def attach(self, pipe) -> Telemetry | None:
-        pipe.transformer.enable_cache(self.config)
-        return None
-
-    def detach(self, pipe) -> None:
-        pipe.transformer.disable_cache()
-
-    def group_starts(self):
-        return None
-
-
-@dataclass
-class NoCache:
-    name: str = "no cache"
-
-    def attach(self, pipe):
-        return None
-
-    def detach(self, pipe):
-        pass
-
-    def group_starts(self):
-        return None
 
 
 # --- one lane: a pipeline call in a thread, paused after every step -----------------------------------
@@ -168,8 +97,8 @@ def _x0(lane: _Lane, step: int, tensors: dict, previous):
 def preview_image(pipe, x0) -> np.ndarray | None:
     """The x0 estimate as an image in [0, 1]: direct for the bundled pixel-space model; None for latent-space
     hub models (decoding with their VAE every step would cost more than the step)."""
-    from .models.tiny import TinyDigitPipeline
-    from .models.tiny.model import unpack
+    from ..models.tiny import TinyDigitPipeline
+    from ..models.tiny.model import unpack
 
     if x0 is None or not isinstance(pipe, TinyDigitPipeline):
         return None
@@ -207,17 +136,26 @@ class LockstepRunner:
         self._lock = threading.RLock()
         self._active: "_Run | None" = None
 
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Cancel the run in progress and hold the pipelines: no run starts until the block ends (calibrating,
+        checking plans)."""
+        self.cancel()
+        with self._lock:
+            yield
+
     def cancel(self) -> None:
         active = self._active  # no lock: a Stop must not wait for a calibration that holds it
         if active is not None:
             active.stop()
 
     def run(self, call: dict, seed: int, num_steps: int, method, num_groups: int = 4) -> Iterator[dict]:
-        """call: pipeline arguments besides generator/steps/output, e.g. {"prompt": "7", "guidance_scale": 3}."""
+        """call: pipeline arguments besides generator/steps/output, e.g. {"prompt": "7", "guidance_scale": 3};
+        method: a `layercache.methods.Cache` (attached to the cached lane for this run only)."""
         with self._lock:
             self.cancel()
             transformer = self.pipes["cached"].transformer
-            layout = partition(transformer, num_groups, method.group_starts())
+            layout = partition(transformer, num_groups, method.group_starts)
             run = _Run(self.pipes, call, seed, num_steps, method, layout)
             self._active = run
         return run.events()
@@ -235,7 +173,7 @@ class _Run:
         self.attached = False
 
     def _start(self):
-        self.telemetry = self.method.attach(self.pipes["cached"])
+        self.telemetry = self.method.attach(self.pipes["cached"], telemetry=True)
         self.attached = True
         self.counters = {lane: BlockCounter(self.pipes[lane].transformer) for lane in LANES}
         self.lanes = {lane: _Lane(self.pipes[lane], self.calls[lane], self.cancelled) for lane in LANES}
@@ -313,139 +251,5 @@ class _Run:
                    "lpips": None if lp is None else float(lp[0]), "lpips_reason": reason,
                    "wall_speedup": elapsed["uncached"] / max(elapsed["cached"], 1e-9),
                    "compute_fraction": fraction, "compute_speedup": 1.0 / max(fraction, 1e-9)}
-        return {"kind": "final", "num_steps": self.num_steps, "method": self.method.name, "elapsed_s": elapsed,
+        return {"kind": "final", "num_steps": self.num_steps, "method": self.method.label, "elapsed_s": elapsed,
                 "images": {"uncached": _as_numpy(ref), "cached": _as_numpy(out)}, "metrics": metrics}
-
-
-# --- what the app keeps across requests: pipelines, calibrations, schedules -----------------------------
-
-# app label -> does the method use the largest-K setting?
-METHODS = {"LayerCache": True, "LayerCache, per group": True, "LayerCache, K=1 (no JVP)": False, "MeanCache": False,
-           "FirstBlockCache (diffusers)": False}
-HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
-    ["a red fox in fresh snow, photograph", "an isometric city at night, neon signs", "a bowl of ramen, studio light",
-     "portrait of an old fisherman, oil painting"], start=1)]
-
-
-def cache_dir() -> Path:
-    import os
-    return Path(os.environ.get("LAYERCACHE_CACHE_DIR") or Path.home() / ".cache" / "layercache")
-
-
-class Workbench:
-    """Loads each allow-listed model once and keeps its runner; finds or makes calibrations (shipped in assets/
-    for the bundled model, else calibrated on first use and kept under `cache_dir()`); plans schedules."""
-
-    def __init__(self):
-        self._runners: dict = {}
-        self._calibrations: dict = {}
-        self._references: dict = {}
-        self._plans: dict = {}
-        self._lock = threading.Lock()
-
-    def runner(self, key: str) -> LockstepRunner:
-        from .models.registry import load_pipeline
-        with self._lock:
-            if key not in self._runners:
-                pipe = load_pipeline(key)  # allow-list, availability and safetensors checks live there
-                pipe.set_progress_bar_config(disable=True)
-                self._runners[key] = LockstepRunner(pipe)
-            return self._runners[key]
-
-    def cancel_all(self) -> None:
-        for runner in list(self._runners.values()):
-            runner.cancel()
-
-    def calibration_source(self, key: str, steps: int, groups: int) -> tuple[str, Path]:
-        """('shipped' | 'cached' | 'to calibrate', path) without loading anything."""
-        from .models.registry import shipped_calibration
-        shipped = shipped_calibration(key, steps, groups)
-        if shipped.is_file():
-            return "shipped", shipped
-        path = cache_dir() / f"{key}_steps{steps}_groups{groups}.npz"
-        return ("cached" if path.is_file() else "to calibrate"), path
-
-    def calibration(self, key: str, steps: int, groups: int, progress=None):
-        """The calibration for (model, steps, groups), and where it came from."""
-        from .calibrate import Calibration, calibrate
-        from .groups import model_id
-        cache_key = (key, steps, groups)
-        if cache_key in self._calibrations:
-            return self._calibrations[cache_key]
-        runner = self.runner(key)
-        source, path = self.calibration_source(key, steps, groups)
-        cal = Calibration.load(path) if source != "to calibrate" else None
-        if cal is None or cal.model_id != model_id(runner.pipes["uncached"].transformer):
-            runner.cancel()
-            with runner._lock:  # no run may start on this pipeline meanwhile
-                cal = calibrate(runner.pipes["uncached"], _calibration_calls(key), steps, num_groups=groups,
-                                progress=progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cal.save(path)
-            source = "calibrated now"
-        self._calibrations[cache_key] = (cal, f"{source}: {path}")
-        return self._calibrations[cache_key]
-
-    def method(self, key: str, name: str, steps: int, groups: int, budget: float, max_k: int,
-               threshold: float = 0.1, progress=None):
-        from diffusers import FirstBlockCacheConfig
-
-        from .planner import plan
-        if name == "FirstBlockCache (diffusers)":
-            return DiffusersCacheMethod(FirstBlockCacheConfig(threshold=float(threshold)), name), None
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
-        cal, source = self.calibration(key, steps, groups, progress)
-        if name == "MeanCache":
-            from .meancache import meancache_schedule
-            return MeanCacheMethod(meancache_schedule(cal, budget), name), source
-        if name == "LayerCache, K=1 (no JVP)":
-            schedule = plan(cal, budget, max_k=1, predictors=("slope",))
-        elif name == "LayerCache, per group":
-            schedule = plan(cal, budget, allocation="groups", max_k=max_k)
-        else:
-            schedule = self.verified_plan(key, cal, budget, max_k, progress)
-        return LayerCacheMethod(schedule, name), source
-
-    def verified_plan(self, key: str, cal, budget: float, max_k: int, progress=None):
-        """`plan_verified` on the model's calibration calls (a few cached runs of them; the uncached reference is
-        computed once per model and step count), remembered per setting."""
-        from .planner import plan_verified, reference_latents
-        memo = (key, cal.num_steps, cal.num_groups, float(budget), max_k)
-        if memo not in self._plans:
-            runner = self.runner(key)
-            runner.cancel()
-            with runner._lock:  # no run may start on this pipeline meanwhile
-                pipe, calls = runner.pipes["uncached"], _verification_calls(key)
-                if (key, cal.num_steps) not in self._references:
-                    self._references[key, cal.num_steps] = reference_latents(pipe, calls, cal.num_steps)
-                checking = None if progress is None else (
-                    lambda done, total: progress(done, total, "checking candidate plans on the calibration inputs"))
-                self._plans[memo] = plan_verified(pipe, cal, budget, calls, max_k=max_k,
-                                                  reference=self._references[key, cal.num_steps], progress=checking)
-        return self._plans[memo]
-
-    def explore(self, key: str, call: dict, seed: int, steps: int, groups: int, max_k: int, progress=None):
-        """One uncached run of this input, recorded: per-group velocity change and stability against K."""
-        from .calibrate import calibrate
-        runner = self.runner(key)
-        runner.cancel()
-        with runner._lock:
-            return calibrate(runner.pipes["uncached"], [dict(call, seed=seed)], steps, num_groups=groups,
-                             k_values=tuple(range(1, max_k + 1)), progress=progress)
-
-
-def _verification_calls(key: str) -> list:
-    """What the app runs candidate plans on: two calibration-seed digits (one prompt for hub models), so that a
-    plan for a new setting is checked in seconds."""
-    if key == "tiny":
-        from .models.tiny.sets import CALIBRATION_SEEDS
-        return [{"label": [3, 8], "seed": CALIBRATION_SEEDS[0]}]
-    return HUB_CALIBRATION_CALLS[:1]
-
-
-def _calibration_calls(key: str) -> list:
-    if key == "tiny":
-        from .models.tiny.sets import calibration_calls
-        return calibration_calls()
-    return HUB_CALIBRATION_CALLS

@@ -1,14 +1,14 @@
 """`space.yaml`: the Hugging Face Space metadata and the app's defaults, in one file.
 
 Spaces read only README.md's YAML front matter; `front_matter()` renders it from space.yaml, and
-`python -m layercache.space` prints it (paste it over the README's, or let a test compare them).
+`python -m layercache space` prints it (paste it over the README's, or let a test compare them).
 """
 
 from pathlib import Path
 
 import yaml
 
-SPACE_YAML = Path(__file__).resolve().parents[1] / "space.yaml"
+SPACE_YAML = Path(__file__).resolve().parents[2] / "space.yaml"
 
 
 def load(path=SPACE_YAML) -> dict:
@@ -44,6 +44,3 @@ def in_sync(readme, path=SPACE_YAML) -> bool:
     block = readme_front_matter(readme)
     return block is not None and yaml.safe_load(block.strip().strip("-")) == load(path)["space"]
 
-
-if __name__ == "__main__":
-    print(front_matter(), end="")

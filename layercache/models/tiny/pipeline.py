@@ -15,10 +15,9 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, QwenIm
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_WEIGHTS  # noqa: F401 - re-exported
 from .model import IMAGE_SIZE, NULL_LABEL, DigitLabelEncoder, img_shapes, pack, unpack
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[3] / "assets" / "tiny"
-DEFAULT_GUIDANCE = 3.0
 MAX_STEPS = 1000
 
 _WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
