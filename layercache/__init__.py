@@ -12,6 +12,8 @@ need none of them import neither torch nor diffusers. The layout (core here; `ev
 """
 
 import importlib
+import sys
+import types
 
 _LAZY = {"Calibration": "calibrate", "calibrate": "calibrate", "LayerCacheConfig": "hooks",
          "apply_layer_cache": "hooks", "is_enabled": "hooks", "remove_layer_cache": "hooks", "plan": "planner",
@@ -25,6 +27,18 @@ def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # importing the submodule `layercache.calibrate` must not hide the function `layercache.calibrate` (the
+        # import system sets a package attribute per submodule it loads; an eager import used to rebind it)
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__():
