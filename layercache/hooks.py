@@ -67,22 +67,23 @@ class StepTracker:
         self.state_manager = state_manager
         self.schedule = schedule
         self.timestep_per_sigma = timestep_per_sigma
+        self.contexts: set = set()   # the cache contexts seen, for `states`
+
+    def _current(self):
+        try:
+            return self.state_manager.context
+        except ValueError:  # diffusers' StateManager raises it where no context is set
+            return None
 
     def context_name(self) -> str:
         """The current cache context's name ("cond", "uncond", or "default" where none is set)."""
-        try:
-            return self.state_manager.context.name
-        except ValueError:  # diffusers' StateManager raises it where no context is set
-            return "default"
+        current = self._current()
+        return "default" if current is None else current.name
 
     @contextlib.contextmanager
     def default_context(self):
         """SD3's pipeline sets no cache context (batched CFG): use "default" for the length of the call."""
-        try:
-            self.state_manager.context
-            own = False
-        except ValueError:
-            own = True
+        own = self._current() is None
         if own:
             self.state_manager.set_context(CacheContext("default"))
         try:
@@ -91,8 +92,21 @@ class StepTracker:
             if own:
                 self.state_manager.set_context(None)
 
+    def states(self) -> list:
+        """The state of every cache context seen (e.g. to measure what the cache holds)."""
+        previous = self._current()
+        try:
+            found = []
+            for name in sorted(self.contexts):
+                self.state_manager.set_context(CacheContext(name))
+                found.append(self.state_manager.get_state())
+            return found
+        finally:
+            self.state_manager.set_context(previous)
+
     def advance(self, state, args, kwargs) -> tuple[int, float]:
         """Find this call's step and sigma from its timestep; reset the state when a new generation starts."""
+        self.contexts.add(self.context_name())
         timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
         sigma = float(timestep.flatten()[0]) / self.timestep_per_sigma  # the one host sync per call
         # pipelines cast the timestep to the model dtype: in bf16 sigma is only known to ~0.4%

@@ -21,7 +21,7 @@ import torch
 
 from ..calibrate import Calibration, error_table
 from ..groups import measure_block_flops, model_id, partition
-from ..hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+from ..hooks import LayerCacheConfig, apply_layer_cache, model_hook, remove_layer_cache
 from ..planner import check_budget, plan
 
 CONFIGS = {
@@ -120,9 +120,8 @@ def synthetic_calibration(transformer, sigmas, num_groups: int, costs=None, max_
 
 def cache_bytes(transformer) -> int:
     """Bytes held by LayerCache's per-context residual logs right now."""
-    hook = transformer._diffusers_hook.get_hook("layercache_model")
     total = 0
-    for state in hook.state_manager._state_cache.values():
+    for state in model_hook(transformer).steps.states():
         for log in state.residuals:
             for pair in log:
                 total += sum(t.numel() * t.element_size() for t in pair if t is not None)
