@@ -46,14 +46,14 @@ def load_classifier(path=DEFAULT_CLASSIFIER) -> DigitClassifier:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"classifier weights not found at {path}; retrain with "
-                         f"`python -m layercache.models.tiny.classifier`")
+                         f"`python -m layercache train-classifier`")
     model = DigitClassifier()
     try:
         model.load_state_dict(load_file(path))
     except Exception as err:  # safetensors raises SafetensorError, torch RuntimeError on shape mismatch
         raise ValueError(f"classifier weights at {path} are corrupt ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); restore them from git or retrain with "
-                         f"`python -m layercache.models.tiny.classifier`") from None
+                         f"`python -m layercache train-classifier`") from None
     return model.eval()
 
 

@@ -61,7 +61,7 @@ class TinyDigitPipeline(DiffusionPipeline):
         for sub in ("transformer", "label_encoder"):  # else diffusers takes the path for a Hub repo id
             if not (path / sub / "config.json").is_file():
                 raise ValueError(f"model weights not found: {path / sub / 'config.json'} does not exist; restore "
-                                 f"assets/ from git or retrain with `python -m layercache.models.tiny.train`")
+                                 f"assets/ from git or retrain with `python -m layercache train`")
         try:
             transformer = QwenImageTransformer2DModel.from_pretrained(path / "transformer", use_safetensors=True)
             label_encoder = DigitLabelEncoder.from_pretrained(path / "label_encoder", use_safetensors=True)
@@ -69,7 +69,7 @@ class TinyDigitPipeline(DiffusionPipeline):
             raise ValueError(
                 f"the bundled model weights in {path} are missing or corrupt ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}); restore assets/ from git or retrain with "
-                f"`python -m layercache.models.tiny.train`"
+                f"`python -m layercache train`"
             ) from None
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         pipe = cls(transformer=transformer.eval(), label_encoder=label_encoder.eval(), scheduler=scheduler)
