@@ -11,7 +11,8 @@ import os
 import threading
 from pathlib import Path
 
-from .. import methods
+from ..methods import by_label
+from ..methods import prepare as prepare_cache
 from .runner import LockstepRunner
 
 HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
@@ -104,9 +105,9 @@ class Workbench:
     def method(self, key: str, label: str, steps: int, groups: int, budget: float, max_k: int,
                threshold: float = 0.1, progress=None):
         """(the cache for the cached lane, where its calibration came from or None) for the app's method `label`."""
-        method = methods.by_label(label)
+        method = by_label(label)
         ctx = _AppContext(self, key, steps, groups, max_k, threshold, progress)
-        cache = methods.prepare(method, ctx, budget)
+        cache = prepare_cache(method, ctx, budget)
         return cache, ctx.source
 
     def verified_plan(self, key: str, cal, budget: float, progress=None, **options):
