@@ -3,7 +3,8 @@
     python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override)
 
 A thin Gradio layer: widgets in, runner events out. Models, calibrations and runs live in
-`layercache.runner`, figures in `layercache.viz`, Space metadata and defaults in `space.yaml`.
+`layercache.studio` (runner, workbench), the cache methods in `layercache.methods` (the dropdown shows their
+labels), figures in `layercache.studio.viz`, Space metadata and defaults in `space.yaml`.
 """
 
 import math
@@ -14,12 +15,13 @@ import gradio as gr
 import numpy as np
 import torch
 
-from layercache import viz
+from layercache.methods import Uncached, app_methods
 from layercache.models.registry import MODELS, availability
 from layercache.models.tiny.pipeline import parse_prompt
 from layercache.planner import check_budget
-from layercache.runner import METHODS, NoCache, Workbench
-from layercache.space import defaults as space_defaults
+from layercache.studio import viz
+from layercache.studio.space import defaults as space_defaults
+from layercache.studio.workbench import Workbench
 
 try:  # ZeroGPU on Hugging Face Spaces: `import spaces` must come before CUDA starts
     import spaces
@@ -31,7 +33,7 @@ except ImportError:
 DEFAULTS = space_defaults()
 # ZeroGPU runs each GPU call in a worker process, out of reach of stop(): there Gradio's own cancel stops it
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
-FBC = "FirstBlockCache (diffusers)"
+METHODS = app_methods()  # label -> layercache.methods.Method
 MAX_STEPS = 200
 MAX_K = 4          # the calibrations' largest K
 BUDGET_MIN = 0.1   # the slider's lower end: every method plans at every budget from here to 1
@@ -138,7 +140,7 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
                 viz.record_step(grids, event)
                 t = event["elapsed_s"]
                 status = (f"**Step {event['step'] + 1}/{steps}** · σ = {event['sigma']:.3f} · "
-                          f"uncached {t['uncached']:.2f} s · cached ({cached.name}) {t['cached']:.2f} s")
+                          f"uncached {t['uncached']:.2f} s · cached ({cached.label}) {t['cached']:.2f} s")
                 yield (status, viz.to_display(event["previews"]["uncached"]),
                        viz.to_display(event["previews"]["cached"]), *viz.heatmaps(grids, max_k), *skip,
                        source or "not used by this method")
@@ -216,9 +218,10 @@ def ideal_speedup(budget):
 
 
 def on_method(method):
-    layercache = method != FBC
-    return (gr.update(visible=not layercache), gr.update(interactive=layercache),
-            gr.update(interactive=METHODS.get(method, False)))
+    entry = METHODS.get(method)
+    by_threshold = entry is not None and entry.uses_threshold
+    return (gr.update(visible=by_threshold), gr.update(interactive=not by_threshold),
+            gr.update(interactive=entry is not None and entry.uses_k))
 
 
 def describe_calibration(model, steps, groups):
@@ -313,7 +316,7 @@ def warm_up():
     d = DEFAULTS
     runner = bench.runner(d["model"])
     bench.method(d["model"], d["method"], d["steps"], d["groups"], d["budget"], d["max_k"])
-    for _ in runner.run({"prompt": d["prompt"], "guidance_scale": d["guidance"]}, 0, 2, NoCache(), d["groups"]):
+    for _ in runner.run({"prompt": d["prompt"], "guidance_scale": d["guidance"]}, 0, 2, Uncached(), d["groups"]):
         pass
 
 

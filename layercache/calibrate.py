@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .groups import measure_block_flops, model_id, partition
-from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+from .hooks import LayerCacheConfig, apply_layer_cache, model_hook, remove_layer_cache
 from .predictors import MIN_K, PREDICTORS, predict
 from .schedule import Schedule
 
@@ -177,14 +177,14 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     def record_output(module, args, kwargs, output):
         if kwargs.get("skip_layers") is not None:
             return
-        context = getattr(getattr(hook.state_manager, "_context", None), "name", "default")
+        context = hook.steps.context_name()
         sample = output[0] if isinstance(output, tuple) else output.sample
         flat = subset(sample, "out")
         for row in range(flat.shape[0]):
             outputs.setdefault((current["call"], context, row), []).append(flat[row])
 
     apply_layer_cache(transformer, LayerCacheConfig(schedule, telemetry=False, recorder=recorder))
-    hook = transformer._diffusers_hook.get_hook("layercache_model")
+    hook = model_hook(transformer)
     handle = transformer.register_forward_hook(record_output, with_kwargs=True)
     try:
         for index, call in enumerate(calls):

@@ -1,15 +1,18 @@
 """`python -m layercache <command>`: the command-line face of the project.
 
 Each command is one function decorated with `@command(help, *arguments)`; its name is the function's
-name. Bad input (out-of-range values, missing or corrupt weights) prints one `error: ...` line on
-stderr and exits with status 2, never a traceback: the functions raise ValueError and `main` reports it.
+name; its arguments are declared here, once, and the work lives in the module it imports when it runs. Nothing
+heavy is imported before a command runs, so `--help` answers at once (no torch, no diffusers). Bad input
+(out-of-range values, missing or corrupt weights) prints one `error: ...` line on stderr and exits with status 2,
+never a traceback: the functions raise ValueError and `main` reports it.
 """
 
 import argparse
 import sys
+from pathlib import Path
 
-from .bench import ARGUMENTS as BENCH_ARGUMENTS
-from .models.tiny.pipeline import DEFAULT_GUIDANCE, DEFAULT_WEIGHTS
+from .evaluation.bench import ARGUMENTS as BENCH_ARGUMENTS
+from .models.tiny.defaults import DEFAULT_CLASSIFIER, DEFAULT_GUIDANCE, DEFAULT_WEIGHTS
 
 _COMMANDS = []  # (name, help, arguments, function), in the order they are declared
 
@@ -70,8 +73,8 @@ def generate(args):
          STEPS, GUIDANCE, WEIGHTS,
          arg("--classifier", default=None, help="classifier safetensors (default: assets/classifier)"))
 def fidelity(args):
-    from .fidelity import run_fidelity
-    from .models.tiny.classifier import DEFAULT_CLASSIFIER, load_classifier
+    from .evaluation.fidelity import run_fidelity
+    from .models.tiny.classifier import load_classifier
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
@@ -83,7 +86,7 @@ def fidelity(args):
 @command("median CPU wall time of one image with CFG, after a warm-up",
          STEPS, GUIDANCE, WEIGHTS, arg("--repeats", type=int, default=5, help="timed runs (default: %(default)s)"))
 def speed(args):
-    from .speed import machine, summarize, time_images
+    from .evaluation.speed import machine, summarize, time_images
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
@@ -99,16 +102,15 @@ def speed(args):
          arg("--steps", type=int, default=50), arg("--groups", type=int, default=6),
          arg("--repeats", type=int, default=1))
 def bench_gpu(args):
-    from .bench_gpu import main as bench_gpu_main
+    from .evaluation.bench_gpu import run
 
-    bench_gpu_main(["--models", args.models, "--budgets", args.budgets, "--steps", str(args.steps),
-                    "--groups", str(args.groups), "--repeats", str(args.repeats)])
+    run(args)
 
 
 @command("every caching method at every budget on the same evaluation seeds (PSNR/SSIM/fidelity vs uncached, "
          "compute, wall-clock speed-up): results JSON and a Pareto figure", *BENCH_ARGUMENTS)
 def bench(args):
-    from .bench import run
+    from .evaluation.bench import run
 
     run(args)
 
@@ -118,9 +120,111 @@ def bench(args):
          arg("results", nargs="+", help="bench results JSON files"), arg("--html", default=None),
          arg("--png", default=None))
 def bench_report(args):
-    from .bench import report
+    from .evaluation.bench import report
 
     print(report(args.results, args.html, args.png))
+
+
+@command("LayerCache's quality on the bundled model: the full planner against plain reuse (K=1), PSNR/SSIM of final "
+         "images against the uncached ones, both plans checked end to end on the calibration calls",
+         arg("--seeds", default="100-119", help="evaluation seeds (default: %(default)s)"),
+         arg("--budgets", default="0.9,0.73,0.6,0.5,0.4", help="(default: %(default)s)"),
+         arg("--steps", type=int, default=50, help="(default: %(default)s)"),
+         arg("--groups", type=int, default=4, help="(default: %(default)s)"))
+def quality(args):
+    from .evaluation.quality import run
+
+    run(args)
+
+
+@command("cost of the machinery on the bundled model: hooked-but-all-computed time against unhooked, and the "
+         "realized speed-up of LayerCache and MeanCache against the ideal, timed interleaved (median of repeats)",
+         arg("--repeats", type=int, default=7, help="(default: %(default)s)"),
+         arg("--budgets", default="0.7,0.5,0.35,0.25,0.2", help="(default: %(default)s)"),
+         arg("--steps", type=int, default=50, help="(default: %(default)s)"),
+         arg("--telemetry", action="store_true", help="time with telemetry recording on"))
+def overhead(args):
+    from .evaluation.overhead import run
+
+    run(args)
+
+
+@command("how fast the app feels: time from Run to the first streamed step and to the end of a default run, "
+         "through a real `python app.py` server and gradio_client",
+         arg("--repeats", type=int, default=5, help="(default: %(default)s)"),
+         arg("--url", default=None, help="a running app (default: start one on a free port)"))
+def app_speed(args):
+    from .evaluation.app_speed import run
+
+    run(args)
+
+
+@command("the cached sampler on CUDA with the bundled model: all-computed bit-identical to uncached, and the "
+         "budget-0.73 / 0.5 schedules' PSNR")
+def gpu_check(args):
+    from .evaluation.gpu_check import run
+
+    run(args)
+
+
+@command("what bench-gpu's schedules really skip, without a GPU: Qwen-Image and FLUX.1-dev on the meta device, "
+         "FLOPs per block against the weight-count proxy",
+         arg("--measured", type=Path, default=Path("assets/bench_gpu_h200.txt"),
+             help="a saved bench-gpu output (default: %(default)s)"),
+         arg("--budgets", default="0.73,0.5", help="(default: %(default)s)"),
+         arg("--steps", type=int, default=50, help="(default: %(default)s)"),
+         arg("--groups", type=int, default=6, help="(default: %(default)s)"))
+def gpu_cost_model(args):
+    from .evaluation.gpu_cost_model import run
+
+    run(args)
+
+
+@command("train the bundled digit model (rectified flow on MNIST-5k, EMA, resumable checkpoints); about 2 h on "
+         "2 CPU cores at the defaults, minutes on a GPU",
+         arg("--steps", type=int, default=5000, help="(default: %(default)s)"),
+         arg("--batch", type=int, default=64, help="(default: %(default)s)"),
+         arg("--lr", type=float, default=3e-4, help="(default: %(default)s)"),
+         arg("--ema", type=float, default=0.999, help="(default: %(default)s)"),
+         arg("--seed", type=int, default=0, help="(default: %(default)s)"),
+         arg("--device", default=None, help="(default: cuda if available, else cpu)"),
+         arg("--run-dir", default="runs/tiny", help="checkpoints, resumed from (default: %(default)s)"),
+         arg("--ckpt-every", type=int, default=500, help="(default: %(default)s)"),
+         arg("--max-minutes", type=float, default=None, help="stop early (and save) after this long"),
+         arg("--stop-at", type=int, default=None, help="stop (and save) at this step, keeping the LR schedule of "
+                                                      "--steps"),
+         arg("--out", default=str(DEFAULT_WEIGHTS), help="(default: %(default)s)"))
+def train(args):
+    from .models.tiny.train import run
+
+    run(args)
+
+
+@command("retrain the independent digit classifier (fidelity's judge) on MNIST-5k's train split and print its "
+         "held-out accuracy",
+         arg("--epochs", type=int, default=12, help="(default: %(default)s)"),
+         arg("--seed", type=int, default=0, help="(default: %(default)s)"),
+         arg("--out", default=str(DEFAULT_CLASSIFIER), help="(default: %(default)s)"))
+def train_classifier(args):
+    from .models.tiny.classifier import run
+
+    run(args)
+
+
+@command("write the bundled model's shipped calibrations to assets/calibrations/",
+         arg("--steps", type=int, nargs="+", default=[30, 50], help="(default: %(default)s)"),
+         arg("--groups", type=int, nargs="+", default=[4], help="(default: %(default)s)"))
+def calibrate_shipped(args):
+    from .models.tiny.calibrate_shipped import run
+
+    run(args)
+
+
+@command("print the README front matter rendered from space.yaml (the Space metadata)")
+def space(args):
+    from .studio.space import front_matter
+
+    print(front_matter(), end="")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -58,22 +58,32 @@ class LayerCacheState(BaseState):
         self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
 
 
-class LayerCacheModelHook(ModelHook):
-    """On the transformer: finds the step from the timestep and starts a new generation when it goes back."""
+class StepTracker:
+    """What every whole-model hook here needs (LayerCache's and MeanCache's, by composition): the step of each call,
+    found from the transformer's timestep on the schedule's sigma grid, a state reset whenever a new generation
+    starts, and the "default" cache context where a pipeline sets none (SD3's batched CFG)."""
 
-    _is_stateful = True
-
-    def __init__(self, state_manager: StateManager, schedule: Schedule, telemetry: Telemetry, timestep_per_sigma):
-        super().__init__()
+    def __init__(self, state_manager: StateManager, schedule: Schedule, timestep_per_sigma: float):
         self.state_manager = state_manager
         self.schedule = schedule
-        self.telemetry = telemetry
         self.timestep_per_sigma = timestep_per_sigma
+        self.contexts: set = set()   # the cache contexts seen, for `states`
+
+    def _current(self):
+        try:
+            return self.state_manager.context
+        except ValueError:  # diffusers' StateManager raises it where no context is set
+            return None
+
+    def context_name(self) -> str:
+        """The current cache context's name ("cond", "uncond", or "default" where none is set)."""
+        current = self._current()
+        return "default" if current is None else current.name
 
     @contextlib.contextmanager
     def default_context(self):
         """SD3's pipeline sets no cache context (batched CFG): use "default" for the length of the call."""
-        own = self.state_manager._context is None
+        own = self._current() is None
         if own:
             self.state_manager.set_context(CacheContext("default"))
         try:
@@ -82,25 +92,21 @@ class LayerCacheModelHook(ModelHook):
             if own:
                 self.state_manager.set_context(None)
 
-    def new_forward(self, module, *args, **kwargs):
-        with self.default_context():
-            state = self.state_manager.get_state()
-            if kwargs.get("skip_layers") is not None:
-                # SD3 skip-layer guidance: an extra call at the same step; run it uncached, touch no state
-                state.passthrough = True
-                try:
-                    return self.fn_ref.original_forward(*args, **kwargs)
-                finally:
-                    state.passthrough = False
-            step, sigma = self.advance(state, args, kwargs)
-            state.sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
-            state.row = self.schedule.cells[step]
-            if self.telemetry.enabled:
-                self.telemetry.begin_call(self.state_manager.context.name, step, sigma, state.row)
-            return self.fn_ref.original_forward(*args, **kwargs)
+    def states(self) -> list:
+        """The state of every cache context seen (e.g. to measure what the cache holds)."""
+        previous = self._current()
+        try:
+            found = []
+            for name in sorted(self.contexts):
+                self.state_manager.set_context(CacheContext(name))
+                found.append(self.state_manager.get_state())
+            return found
+        finally:
+            self.state_manager.set_context(previous)
 
     def advance(self, state, args, kwargs) -> tuple[int, float]:
         """Find this call's step and sigma from its timestep; reset the state when a new generation starts."""
+        self.contexts.add(self.context_name())
         timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
         sigma = float(timestep.flatten()[0]) / self.timestep_per_sigma  # the one host sync per call
         # pipelines cast the timestep to the model dtype: in bf16 sigma is only known to ~0.4%
@@ -122,6 +128,36 @@ class LayerCacheModelHook(ModelHook):
                 f"-step sigma grid: run with num_inference_steps={self.schedule.num_steps} (and the resolution "
                 f"it was calibrated at), or plan a schedule for your settings")
         return nearest
+
+
+class LayerCacheModelHook(ModelHook):
+    """On the transformer: finds the step from the timestep and starts a new generation when it goes back."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: StateManager, schedule: Schedule, telemetry: Telemetry, timestep_per_sigma):
+        super().__init__()
+        self.state_manager = state_manager
+        self.schedule = schedule
+        self.telemetry = telemetry
+        self.steps = StepTracker(state_manager, schedule, timestep_per_sigma)
+
+    def new_forward(self, module, *args, **kwargs):
+        with self.steps.default_context():
+            state = self.state_manager.get_state()
+            if kwargs.get("skip_layers") is not None:
+                # SD3 skip-layer guidance: an extra call at the same step; run it uncached, touch no state
+                state.passthrough = True
+                try:
+                    return self.fn_ref.original_forward(*args, **kwargs)
+                finally:
+                    state.passthrough = False
+            step, sigma = self.steps.advance(state, args, kwargs)
+            state.sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
+            state.row = self.schedule.cells[step]
+            if self.telemetry.enabled:
+                self.telemetry.begin_call(self.state_manager.context.name, step, sigma, state.row)
+            return self.fn_ref.original_forward(*args, **kwargs)
 
     def reset_state(self, module):
         self.state_manager.reset()
@@ -201,7 +237,7 @@ class LayerCacheBlockHook(ModelHook):
             record = self.telemetry.group(g)
             record.time_s += time.perf_counter() - state.started
             if state.residuals[g]:
-                record._changes.append(_relative_change(state.residuals[g][-1], (d_hidden, d_encoder)))
+                record.add_change(_relative_change(state.residuals[g][-1], (d_hidden, d_encoder)))
         if self.config.recorder is not None:
             self.config.recorder(self.state_manager.context.name, state.step, g, d_hidden, d_encoder)
         state.sigmas[g].append(state.sigma)
@@ -252,11 +288,14 @@ def remove_layer_cache(transformer: torch.nn.Module) -> None:
         raise ValueError("LayerCache is not enabled on this transformer")
     registry.remove_hook(_MODEL_HOOK, recurse=False)
     for _, block in find_blocks(transformer):
-        if hasattr(block, "_diffusers_hook"):
-            block._diffusers_hook.remove_hook(_BLOCK_HOOK, recurse=False)
+        HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)  # no-op if absent
     registry.invalidate_child_registries_cache()
 
 
+def model_hook(transformer: torch.nn.Module) -> "LayerCacheModelHook | None":
+    """LayerCache's model hook on this transformer, or None where LayerCache is not enabled."""
+    return HookRegistry.check_if_exists_or_initialize(transformer).get_hook(_MODEL_HOOK)
+
+
 def is_enabled(transformer: torch.nn.Module) -> bool:
-    registry = getattr(transformer, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(_MODEL_HOOK) is not None
+    return model_hook(transformer) is not None

@@ -1,24 +1,24 @@
 """MeanCache (whole model): a cached step calls no block and predicts the transformer's output with MeanCache's
 estimator, u = v_last - dsigma * J, over a window of K logged outputs; the computed steps are a shortest path
 over calibrated edge costs with exactly B computed steps. Our implementation (no official code was available).
-LayerCache's planner also uses its output-level step costs as one of the step selections it checks.
+LayerCache's planner also uses its output-level step costs as one of the step selections it checks. A cache method
+like LayerCache (not an evaluation peer only): the app offers it and `layercache.methods` registers it.
 """
 
 from collections import deque
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry
+from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .calibrate import Calibration
 from .groups import model_spec
-from .hooks import LayerCacheModelHook
+from .hooks import StepTracker
 from .planner import check_budget, shortest_schedule, steps_for
 from .predictors import predict
 from .schedule import Cell, Schedule
-from .telemetry import Telemetry
 
 
 def meancache_costs(outputs: np.ndarray, sigmas: list, k_values=(1, 2, 3, 4), gamma: float = 2.0):
@@ -79,20 +79,29 @@ class MeanCacheState(BaseState):
         self.outputs = deque(maxlen=self.log_length)
 
 
-class MeanCacheHook(LayerCacheModelHook):
+class MeanCacheHook(ModelHook):
     """On the transformer: a computed step runs it and logs its output; a cached step runs nothing and
     returns MeanCache's prediction from the log of outputs (per cache context = per CFG branch). Steps are
-    found from the timestep exactly as LayerCache's model hook finds them."""
+    found from the timestep by the same `hooks.StepTracker` LayerCache's model hook uses."""
+
+    _is_stateful = True
 
     def __init__(self, state_manager, schedule: Schedule, timestep_per_sigma: float):
-        super().__init__(state_manager, schedule, Telemetry(1, enabled=False), timestep_per_sigma)
+        super().__init__()
+        self.state_manager = state_manager
+        self.schedule = schedule
+        self.steps = StepTracker(state_manager, schedule, timestep_per_sigma)
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
 
     def new_forward(self, module, *args, **kwargs):
-        with self.default_context():
+        with self.steps.default_context():
             if kwargs.get("skip_layers") is not None:  # SD3 skip-layer guidance: an extra call, run it as is
                 return self.fn_ref.original_forward(*args, **kwargs)
             state = self.state_manager.get_state()
-            step, sigma = self.advance(state, args, kwargs)
+            step, sigma = self.steps.advance(state, args, kwargs)
             cell = self.schedule.cells[step][0]
             if cell.compute or not state.outputs:
                 output = self.fn_ref.original_forward(*args, **kwargs)

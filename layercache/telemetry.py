@@ -14,6 +14,10 @@ class GroupRecord:
     time_s: float = 0.0
     _changes: list = field(default_factory=list)  # one 0-d tensor per CFG branch where computed
 
+    def add_change(self, change) -> None:
+        """Record one CFG branch's relative change of the group's residual (a 0-d tensor, read only when asked)."""
+        self._changes.append(change)
+
     @property
     def velocity_change(self) -> float | None:
         """Relative L1 change of the group's residual since the previous step (mean over CFG branches)."""
@@ -29,7 +33,7 @@ class StepRecord:
     contexts: set = field(default_factory=set)
 
     def as_event(self) -> dict:
-        """Plain data: the step event of runner.py's module docstring."""
+        """Plain data: the step event of studio/runner.py's module docstring."""
         return {"step": self.step, "sigma": self.sigma,
                 "groups": [{"computed": g.computed, "predictor": g.predictor, "k": g.k,
                             "velocity_change": g.velocity_change, "time_s": g.time_s} for g in self.groups]}

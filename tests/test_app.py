@@ -140,7 +140,7 @@ def test_explore_view(client):
 
 def test_space_yaml_is_the_source_of_front_matter_and_defaults():
     import app
-    from layercache import space
+    from layercache.studio import space
 
     data = yaml.safe_load((ROOT / "space.yaml").read_text())
     rendered = space.front_matter()
@@ -155,18 +155,18 @@ def test_space_yaml_is_the_source_of_front_matter_and_defaults():
 
 
 def test_readme_front_matter_in_sync_with_space_yaml():
-    from layercache import space
+    from layercache.studio import space
 
     readme = ROOT / "README.md"
     if not readme.is_file():
         pytest.skip("README.md not written yet")
-    assert space.in_sync(readme), "README front matter differs from space.yaml: paste `python -m layercache.space`"
+    assert space.in_sync(readme), "README front matter differs from space.yaml: paste `python -m layercache space`"
 
 
 def test_viz_figures_keep_zoom_and_show_values():
     import numpy as np
 
-    from layercache import viz
+    from layercache.studio import viz
 
     grids = viz.empty_grids(5, 3)
     viz.record_step(grids, {"step": 2, "groups": [
@@ -187,13 +187,13 @@ def test_every_budget_the_slider_offers_plans_for_every_method(steps, tmp_path, 
     """The slider's lower end (and the K slider's ends) with every method: a plan, never an error about a setting
     the app does not show. 10 steps uses the shipped calibration; 2 steps calibrates on first use."""
     import app
-    import layercache.runner as runner
-    from layercache.runner import METHODS, Workbench
+    import layercache.studio.workbench as workbench
+    from layercache.studio.workbench import Workbench
 
     monkeypatch.setenv("LAYERCACHE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(runner, "_calibration_calls", lambda key: [{"label": [1, 7], "seed": 1}])  # for 2 steps
+    monkeypatch.setattr(workbench, "_calibration_calls", lambda key: [{"label": [1, 7], "seed": 1}])  # for 2 steps
     bench = Workbench()
-    for method in METHODS:
+    for method in app.METHODS:
         for budget in (app.BUDGET_MIN, 1.0):
             for max_k in (1, app.MAX_K):
                 cached, _ = bench.method("tiny", method, steps, 4, budget, max_k)
@@ -201,4 +201,4 @@ def test_every_budget_the_slider_offers_plans_for_every_method(steps, tmp_path, 
                 if schedule is not None:  # whole-step plans round N·budget half up, at least step 0
                     assert schedule.num_steps == steps
                     assert schedule.compute_fraction <= max(budget + 0.5 / steps, 1 / steps) + 1e-9
-                    assert schedule.max_k <= max_k or not METHODS[method]
+                    assert schedule.max_k <= max_k or not app.METHODS[method].uses_k

@@ -7,9 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from layercache.baselines import METHODS, BenchContext, magcache_computed_steps, prepare, taylorseer_computed_steps
+from layercache.evaluation.baselines import (
+    METHODS,
+    BenchContext,
+    magcache_computed_steps,
+    prepare,
+    taylorseer_computed_steps,
+)
+from layercache.evaluation.metrics import BlockCounter
 from layercache.meancache import apply_meancache, meancache_costs, meancache_schedule, remove_meancache
-from layercache.metrics import BlockCounter
 from layercache.models.tiny.sets import eval_call
 from layercache.planner import shortest_schedule, steps_for
 

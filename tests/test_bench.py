@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from layercache import bench
+from layercache import cli
+from layercache.evaluation import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = ["--model", "tiny", "--methods", "meancache", "--budgets", "0.5", "--seeds", "100-101", "--steps", "4"]
@@ -44,13 +45,13 @@ def test_bad_input_fails_before_model_work(name, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(registry, "load_pipeline", lambda *a, **k: pytest.fail("model loaded before validation"))
     argv, message = BAD[name]
-    assert bench.main([*argv, "--out", str(tmp_path / "r.json")]) == 2
+    assert cli.main(["bench", *argv, "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
 def test_bad_output_folder(tmp_path, capsys):
-    assert bench.main([*GOOD, "--out", str(tmp_path / "missing" / "r.json")]) == 2
+    assert cli.main(["bench", *GOOD, "--out", str(tmp_path / "missing" / "r.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -100,3 +100,18 @@ def test_prompt_and_label_write_the_same_png(tmp, capsys):
     assert cli.main(base + ["--label", "7", "--out", str(tmp / "label.png")]) == 0
     assert cli.main(base + ["--prompt", "seven", "--out", str(tmp / "prompt.png")]) == 0
     assert (tmp / "label.png").read_bytes() == (tmp / "prompt.png").read_bytes()
+
+
+def test_cli_imports_neither_torch_nor_diffusers():
+    """`--help` must answer at once: importing the command line (and every command's arguments) loads no torch."""
+    code = ("import sys, layercache.cli as cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'numpy', 'gradio') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_every_command_has_help():
+    for name, *_ in cli._COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            cli.build_parser().parse_args([name, "--help"])
+        assert exit_.value.code == 0

@@ -130,8 +130,8 @@ def test_block_costs_are_measured_flops_at_the_real_token_counts():
     """FLUX's double blocks run separate weights on image and text tokens; a single block runs one set on all
     tokens. Their FLOPs are equal, so a calibration splits the 2 double + 2 single blocks in halves (the
     weight count would weigh a double block 2.4x a single one)."""
+    from layercache.evaluation.metrics import BlockCounter
     from layercache.groups import block_cost, measure_block_flops
-    from layercache.metrics import BlockCounter
 
     pipe, kwargs, cal = setup("flux")
     blocks = [b for _, b in find_blocks(pipe.transformer)]

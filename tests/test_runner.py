@@ -6,8 +6,9 @@ import torch
 
 import layercache as lc
 from layercache.hooks import is_enabled
+from layercache.methods import LayerCacheSetting, Uncached
 from layercache.models.tiny import TinyDigitPipeline
-from layercache.runner import LayerCacheMethod, LockstepRunner, NoCache
+from layercache.studio.runner import LockstepRunner
 
 STEPS = 6
 CALL = {"prompt": "seven", "guidance_scale": 3.0}
@@ -29,7 +30,7 @@ def run_all(runner, method, seed=0, groups=3):
 
 
 def test_all_computed_schedule_is_bit_identical_and_streams_every_step(runner, calibration):
-    events = run_all(runner, LayerCacheMethod(lc.plan(calibration, 1.0)))
+    events = run_all(runner, LayerCacheSetting(lc.plan(calibration, 1.0)))
     steps, final = events[:-1], events[-1]
     assert [e["step"] for e in steps] == list(range(STEPS)) and final["kind"] == "final"
     assert all(e["previews"]["uncached"].shape == (32, 32) for e in steps)
@@ -48,8 +49,8 @@ def test_all_computed_schedule_is_bit_identical_and_streams_every_step(runner, c
 
 def test_cached_run_reuses_and_reports_telemetry(runner, calibration):
     schedule = lc.plan(calibration, 0.6)
-    final = run_all(runner, LayerCacheMethod(schedule))[-1]
-    events = run_all(runner, LayerCacheMethod(schedule))
+    final = run_all(runner, LayerCacheSetting(schedule))[-1]
+    events = run_all(runner, LayerCacheSetting(schedule))
     reused = [g for e in events[:-1] for g in e["groups"] if g["computed"] == 0.0]
     assert reused and all(g["k"] >= 1 and g["predictor"] for g in reused)
     assert events[-1]["metrics"]["compute_fraction"] == pytest.approx(schedule.compute_fraction)
@@ -57,7 +58,7 @@ def test_cached_run_reuses_and_reports_telemetry(runner, calibration):
 
 
 def test_cancel_mid_run_leaves_next_run_correct(runner, calibration):
-    method = LayerCacheMethod(lc.plan(calibration, 0.6))
+    method = LayerCacheSetting(lc.plan(calibration, 0.6))
     fresh = run_all(runner, method, seed=5)[-1]
     stream = runner.run(CALL, 5, STEPS, method, 3)
     for event in stream:
@@ -71,10 +72,10 @@ def test_cancel_mid_run_leaves_next_run_correct(runner, calibration):
 
 
 def test_new_run_cancels_an_abandoned_one(runner, calibration):
-    method = LayerCacheMethod(lc.plan(calibration, 0.6))
+    method = LayerCacheSetting(lc.plan(calibration, 0.6))
     abandoned = runner.run(CALL, 5, STEPS, method, 3)
     next(abandoned)  # a server dropped it without closing it
-    final = run_all(runner, NoCache(), seed=5)[-1]
+    final = run_all(runner, Uncached(), seed=5)[-1]
     assert final["metrics"]["psnr"] == float("inf")
     assert list(abandoned) == []  # the abandoned run ended quietly
 
@@ -83,7 +84,7 @@ def test_lanes_never_run_at_once(runner, calibration):
     """The per-lane clocks only tick while that lane runs: their sum stays below the wall clock."""
     import time
     start = time.perf_counter()
-    final = run_all(runner, NoCache())[-1]
+    final = run_all(runner, Uncached())[-1]
     wall = time.perf_counter() - start
     assert sum(final["elapsed_s"].values()) <= wall
 
@@ -94,7 +95,7 @@ def test_cancel_from_another_thread_at_any_moment_ends_the_stream_quietly(runner
     import threading
     import time
 
-    method = LayerCacheMethod(lc.plan(calibration, 0.6))
+    method = LayerCacheSetting(lc.plan(calibration, 0.6))
     for delay in np.linspace(0.0, 0.4, 9):  # a run takes about 0.5 s
         stream = runner.run(CALL, 5, STEPS, method, 3)
         timer = threading.Timer(delay, runner.cancel)

@@ -1,9 +1,8 @@
 """Write the bundled model's shipped calibrations to assets/calibrations/.
 
-    python -m layercache.models.tiny.calibrate_shipped --steps 30 50 --groups 1 2 3 4 6
+    python -m layercache calibrate-shipped --steps 30 50 --groups 1 2 3 4 6
 """
 
-import argparse
 import time
 
 from ...calibrate import calibrate
@@ -12,11 +11,7 @@ from .pipeline import TinyDigitPipeline
 from .sets import calibration_calls
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, nargs="+", default=[30, 50])
-    ap.add_argument("--groups", type=int, nargs="+", default=[4])
-    args = ap.parse_args(argv)
+def run(args):
     pipe = TinyDigitPipeline.from_weights()
     CALIBRATIONS.mkdir(parents=True, exist_ok=True)
     for steps in args.steps:
@@ -27,6 +22,3 @@ def main(argv=None):
             cal.save(path)
             print(f"{path.name}: {time.time() - t0:.1f}s", flush=True)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,12 +1,11 @@
 """An independent digit classifier: judges the generated digits, and embeds them for a Fréchet distance.
 
-    python -m layercache.models.tiny.classifier      # retrain (about a minute on 2 CPU cores), print held-out accuracy
+    python -m layercache train-classifier      # retrain (about a minute on 2 CPU cores), print held-out accuracy
 
 A small CNN trained only on the "train" split of MNIST-5k and tested on the held-out "test" split. It
 shares nothing with the diffusion model, so its verdict on generated digits is an outside opinion.
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import torch
 from torch import nn
 
 from .data import load_mnist
+from .defaults import DEFAULT_CLASSIFIER
 
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[3] / "assets" / "classifier" / "model.safetensors"
 FEATURES = 64  # penultimate width: small, so that a covariance from a few hundred samples is meaningful
 
 
@@ -47,14 +46,14 @@ def load_classifier(path=DEFAULT_CLASSIFIER) -> DigitClassifier:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"classifier weights not found at {path}; retrain with "
-                         f"`python -m layercache.models.tiny.classifier`")
+                         f"`python -m layercache train-classifier`")
     model = DigitClassifier()
     try:
         model.load_state_dict(load_file(path))
     except Exception as err:  # safetensors raises SafetensorError, torch RuntimeError on shape mismatch
         raise ValueError(f"classifier weights at {path} are corrupt ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); restore them from git or retrain with "
-                         f"`python -m layercache.models.tiny.classifier`") from None
+                         f"`python -m layercache train-classifier`") from None
     return model.eval()
 
 
@@ -128,12 +127,8 @@ def held_out_accuracy(model: DigitClassifier) -> float:
     return accuracy(model, (images + 1) / 2, labels)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(DEFAULT_CLASSIFIER))
-    args = ap.parse_args(argv)
+def run(args):
+    """`python -m layercache train-classifier`: retrain, save, print the held-out accuracy."""
 
     from safetensors.torch import save_file
 
@@ -146,6 +141,3 @@ def main(argv=None):
     print(f"trained in {seconds:.0f}s on {torch.get_num_threads()} threads; weights written to {out}")
     print(f"held-out accuracy on real digits: {held_out_accuracy(model):.4f} (1000 test digits)")
 
-
-if __name__ == "__main__":
-    main()

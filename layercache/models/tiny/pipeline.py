@@ -15,10 +15,9 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, QwenIm
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_WEIGHTS  # noqa: F401 - re-exported
 from .model import IMAGE_SIZE, NULL_LABEL, DigitLabelEncoder, img_shapes, pack, unpack
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[3] / "assets" / "tiny"
-DEFAULT_GUIDANCE = 3.0
 MAX_STEPS = 1000
 
 _WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -62,7 +61,7 @@ class TinyDigitPipeline(DiffusionPipeline):
         for sub in ("transformer", "label_encoder"):  # else diffusers takes the path for a Hub repo id
             if not (path / sub / "config.json").is_file():
                 raise ValueError(f"model weights not found: {path / sub / 'config.json'} does not exist; restore "
-                                 f"assets/ from git or retrain with `python -m layercache.models.tiny.train`")
+                                 f"assets/ from git or retrain with `python -m layercache train`")
         try:
             transformer = QwenImageTransformer2DModel.from_pretrained(path / "transformer", use_safetensors=True)
             label_encoder = DigitLabelEncoder.from_pretrained(path / "label_encoder", use_safetensors=True)
@@ -70,7 +69,7 @@ class TinyDigitPipeline(DiffusionPipeline):
             raise ValueError(
                 f"the bundled model weights in {path} are missing or corrupt ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}); restore assets/ from git or retrain with "
-                f"`python -m layercache.models.tiny.train`"
+                f"`python -m layercache train`"
             ) from None
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
         pipe = cls(transformer=transformer.eval(), label_encoder=label_encoder.eval(), scheduler=scheduler)

@@ -1,14 +1,13 @@
 """Train the bundled digit model: rectified flow on MNIST-5k, EMA weights, resumable checkpoints.
 
-    python -m layercache.models.tiny.train                 # CPU: about 2 h on 2 cores at the defaults below
-    python -m layercache.models.tiny.train --device cuda   # minutes on a GPU
+    python -m layercache train                 # CPU: about 2 h on 2 cores at the defaults below
+    python -m layercache train --device cuda   # minutes on a GPU
 
 Reproducible from --seed on the same device and software. Checkpoints go to --run-dir every
 --ckpt-every steps; a restarted run resumes from the last one. At the end the EMA weights are written
 with `save_pretrained` (safetensors) to --out, which the pipeline loads with `from_pretrained`.
 """
 
-import argparse
 import copy
 import math
 import time
@@ -18,7 +17,6 @@ import torch
 
 from .data import load_mnist
 from .model import NULL_LABEL, DigitLabelEncoder, build_transformer, img_shapes, pack
-from .pipeline import DEFAULT_WEIGHTS
 
 
 def flow_matching_loss(transformer, encoder, images, labels, generator, label_drop=0.1):
@@ -42,21 +40,9 @@ def random_shift(images, generator, max_shift=1):
     return torch.roll(images, shifts=shifts, dims=(2, 3))
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=5000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--run-dir", default="runs/tiny")
-    ap.add_argument("--ckpt-every", type=int, default=500)
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and save) after this long")
-    ap.add_argument("--stop-at", type=int, default=None,
-                    help="stop (and save) at this step, keeping the LR schedule of --steps")
-    ap.add_argument("--out", default=str(DEFAULT_WEIGHTS))
-    args = ap.parse_args(argv)
+def run(args):
+    """`python -m layercache train`: the arguments are declared once, in `layercache/cli.py`."""
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
@@ -122,7 +108,3 @@ def main(argv=None):
     ema_t.to("cpu").save_pretrained(out / "transformer", safe_serialization=True, max_shard_size="12MB")
     ema_e.to("cpu").save_pretrained(out / "label_encoder", safe_serialization=True)
     print(f"trained {step} steps in {time.time() - t0:.0f}s; EMA weights written to {out}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """What the bench-gpu schedules really skip, without a GPU: Qwen-Image and FLUX.1-dev built at their real
 configurations on PyTorch's meta device (shapes only, no memory, no arithmetic), FLOPs counted on one step.
 
-    python benchmarks/gpu_cost_model.py [--measured assets/bench_gpu_h200.txt]
+    python -m layercache gpu-cost-model [--measured assets/bench_gpu_h200.txt]
 
 Per model it prints each block's FLOPs against the static weight-count proxy, then the schedules bench-gpu
 plans from each cost model with the FLOP fraction they execute (1 / fraction = ideal speed-up). The H200 run
@@ -12,7 +12,6 @@ today's planner the --measured column is left out (different schedules; whole-st
 FLOP fraction under either cost model).
 """
 
-import argparse
 import re
 from functools import partial
 from pathlib import Path
@@ -20,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import layercache.bench_gpu as bench_gpu
-from layercache.groups import block_cost, find_blocks, measure_block_flops
-from layercache.planner import plan
+from ..groups import block_cost, find_blocks, measure_block_flops
+from ..planner import plan
+from . import bench_gpu
 
 
 def measured_speedups(path: Path) -> dict:
@@ -47,13 +46,7 @@ def one_step_flops(name: str, sigma: float):
     return transformer, flops, other
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--measured", type=Path, default=Path("assets/bench_gpu_h200.txt"))
-    ap.add_argument("--budgets", default="0.73,0.5")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--groups", type=int, default=6)
-    args = ap.parse_args()
+def run(args):
     measured = measured_speedups(args.measured) if args.measured.is_file() else {}
     budgets = [float(b) for b in args.budgets.split(",")]
     bench_gpu.DEVICE = "meta"
@@ -84,7 +77,3 @@ def main():
                     realized = measured[name, budget]
                     line += f"; measured {realized:.3f}, realized / ideal {realized * fraction:.3f}"
                 print(line)
-
-
-if __name__ == "__main__":
-    main()

@@ -19,7 +19,6 @@ equal a single-process run's. Batch-level caches (FirstBlockCache) decide per ba
 any batched use.
 """
 
-import argparse
 import json
 import math
 import statistics
@@ -94,8 +93,8 @@ def _writable(path, flag):
 
 def validate(args) -> dict:
     """Checks every argument before any model work; returns the parsed settings. Raises ValueError."""
-    from .models.registry import get_entry
-    from .models.tiny.sets import CALIBRATION_SEEDS
+    from ..models.registry import get_entry
+    from ..models.tiny.sets import CALIBRATION_SEEDS
 
     entry = get_entry(args.model)
     if not entry.bundled:
@@ -136,7 +135,7 @@ ARGUMENTS = [
 # ---------------------------------------------------------------- measuring
 
 def _images(pipe, seeds, steps):
-    from .models.tiny.sets import eval_call
+    from ..models.tiny.sets import eval_call
 
     return pipe(**eval_call(seeds), num_inference_steps=steps, output_type="pt").images.float().cpu()
 
@@ -149,8 +148,8 @@ def _timed(pipe, seed, steps) -> float:
 
 def measure(pipe, ctx, points, batches, repeats, progress) -> tuple[list, list]:
     """This process's share: per-image records and per-(point, process) timing/compute records."""
+    from ..models.tiny.classifier import classify, load_classifier
     from .metrics import BlockCounter, lpips, psnr, ssim
-    from .models.tiny.classifier import classify, load_classifier
 
     classifier = load_classifier()
     steps = ctx.num_steps
@@ -301,9 +300,9 @@ def run(args) -> list[dict]:
     from accelerate.utils import gather_object
     from tqdm import tqdm
 
+    from ..models.registry import load_pipeline, shipped_calibration
+    from ..models.tiny.sets import calibration_calls
     from .baselines import BenchContext, prepare
-    from .models.registry import load_pipeline, shipped_calibration
-    from .models.tiny.sets import calibration_calls
     from .speed import machine
 
     # cpu=True: the bundled model runs on the CPU, and without it accelerate ignores a torchrun launch
@@ -424,20 +423,3 @@ def report(paths, html=None, png=None) -> str:
                 cells.append(f"{r['speedup_wall']:.2f} ({r['speedup_wall'] / r['speedup_ideal']:.2f})" if ok else "–")
             lines.append(f"| {steps} | {budget:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m layercache.bench", description=__doc__.splitlines()[0])
-    for flags, kwargs in ARGUMENTS:
-        parser.add_argument(*flags, **kwargs)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except ValueError as err:
-        print("error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,56 +1,49 @@
 """Cost of the machinery on the bundled model, timed interleaved in one process (median of repeats).
 
-    python benchmarks/overhead.py [--repeats 7] [--budgets 0.7,0.5,0.35,0.25,0.2] [--steps 50]
+    python -m layercache overhead [--repeats 7] [--budgets 0.7,0.5,0.35,0.25,0.2] [--steps 50]
 
 Prints: hooked-but-all-computed time / unhooked time (target <= 1.03), and at each budget the realized
-wall-clock speed-up of LayerCache (`lc.plan`) and of MeanCache (same calibration) against the ideal one,
+wall-clock speed-up of LayerCache (`planner.plan`) and of MeanCache (same calibration) against the ideal one,
 1 / executed compute fraction (target: LayerCache within 10% of ideal and not below MeanCache by more than noise).
 """
 
-import argparse
 import statistics
 import time
 
 import torch
 
-import layercache as lc
-from layercache.meancache import apply_meancache, meancache_schedule, remove_meancache
-from layercache.models.registry import shipped_calibration
-from layercache.models.tiny import TinyDigitPipeline
-from layercache.speed import machine
+from ..calibrate import Calibration
+from ..meancache import meancache_schedule
+from ..methods import LayerCacheSetting, MeanCacheSetting, Uncached
+from ..models.registry import shipped_calibration
+from ..models.tiny import TinyDigitPipeline
+from ..planner import plan
+from .speed import machine
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--budgets", default="0.7,0.5,0.35,0.25,0.2")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--telemetry", action="store_true", help="time with telemetry recording on")
-    args = ap.parse_args()
+def run(args):
     pipe = TinyDigitPipeline.from_weights()
     pipe.set_progress_bar_config(disable=True)
-    cal = lc.Calibration.load(shipped_calibration("tiny", args.steps, 4))
+    cal = Calibration.load(shipped_calibration("tiny", args.steps, 4))
     budgets = [float(b) for b in args.budgets.split(",")]
-    schedules = {"all computed": lc.plan(cal, 1.0)}
+    schedules = {"all computed": plan(cal, 1.0)}
     for budget in budgets:
-        schedules[f"layercache {budget}"] = lc.plan(cal, budget)
+        schedules[f"layercache {budget}"] = plan(cal, budget)
         schedules[f"meancache {budget}"] = meancache_schedule(cal, budget)
 
     def timed(schedule=None):
-        if schedule is not None and schedule.meta["method"] == "meancache":
-            apply_meancache(pipe.transformer, schedule)
-        elif schedule is not None:
-            lc.enable(pipe, schedule, telemetry=args.telemetry)
+        if schedule is None:
+            cache = Uncached()
+        else:
+            cache = (MeanCacheSetting if schedule.meta["method"] == "meancache" else LayerCacheSetting)(schedule)
+        cache.attach(pipe, telemetry=args.telemetry)
         try:
             start = time.perf_counter()
             pipe(label=[7], num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0),
                  output_type="pt")
             return time.perf_counter() - start
         finally:
-            if schedule is not None and schedule.meta["method"] == "meancache":
-                remove_meancache(pipe.transformer)
-            elif schedule is not None:
-                lc.disable(pipe)
+            cache.detach(pipe)
 
     timed(), timed(schedules["all computed"])  # warm-up
     times = {"unhooked": [], **{name: [] for name in schedules}}
@@ -75,7 +68,3 @@ def main():
             realized = median["unhooked"] / median[f"{method} {budget}"]
             row += [f"{realized:.2f}×", f"{realized * schedule.compute_fraction:.2f}"]
         print("| " + " | ".join(row) + " |")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """LayerCache quality on the bundled model: PSNR/SSIM of final images against the uncached ones.
 
-    python benchmarks/quality.py [--seeds 100-119] [--budgets 0.9,0.73,0.6,0.5,0.4]
+    python -m layercache quality [--seeds 100-119] [--budgets 0.9,0.73,0.6,0.5,0.4]
 
 50 steps, default guidance; calibration = the shipped one (seeds 1-2, every label), evaluation seeds
 from 100 (label = seed % 10): disjoint. Compares the full planner (slope and MeanCache-style
@@ -8,17 +8,17 @@ predictors, K up to 4) with plain reuse (K = 1 only), the ablation that shows wh
 both plans checked end to end on the calibration calls (planner.plan_verified).
 """
 
-import argparse
 from collections import Counter
 
 import torch
 
-import layercache as lc
-from layercache.metrics import psnr, ssim
-from layercache.models.registry import shipped_calibration
-from layercache.models.tiny import TinyDigitPipeline
-from layercache.models.tiny.sets import calibration_calls, eval_call
-from layercache.planner import plan_verified, reference_latents
+from ..calibrate import Calibration
+from ..methods import LayerCacheSetting
+from ..models.registry import shipped_calibration
+from ..models.tiny import TinyDigitPipeline
+from ..models.tiny.sets import calibration_calls, eval_call
+from ..planner import plan_verified, reference_latents
+from .metrics import psnr, ssim
 
 
 def seed_range(text: str) -> list[int]:
@@ -28,17 +28,12 @@ def seed_range(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="100-119")
-    ap.add_argument("--budgets", default="0.9,0.73,0.6,0.5,0.4")
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--groups", type=int, default=4)
-    args = ap.parse_args()
+@torch.no_grad()
+def run(args):
     seeds, budgets = seed_range(args.seeds), [float(b) for b in args.budgets.split(",")]
     pipe = TinyDigitPipeline.from_weights()
     pipe.set_progress_bar_config(disable=True)
-    cal = lc.Calibration.load(shipped_calibration("tiny", args.steps, args.groups))
+    cal = Calibration.load(shipped_calibration("tiny", args.steps, args.groups))
     cal.check_fits(pipe.transformer, args.steps)
     call = eval_call(seeds)
     reference = pipe(**call, num_inference_steps=args.steps, output_type="pt").images
@@ -52,11 +47,12 @@ def main():
         for name, options in [("LayerCache (JVP)", {}), ("plain reuse (K=1)", {"max_k": 1})]:
             schedule = plan_verified(pipe, cal, budget, calibration_calls(), reference=calibration_reference,
                                      **options)
-            lc.enable(pipe, schedule, telemetry=False)
+            cache = LayerCacheSetting(schedule)
+            cache.attach(pipe)
             try:
                 images = pipe(**call, num_inference_steps=args.steps, output_type="pt").images
             finally:
-                lc.disable(pipe)
+                cache.detach(pipe)
             p, s = psnr(images, reference), ssim(images, reference)
             chosen = Counter(c.encode() for row in schedule.cells for c in row if not c.compute)
             print(f"{budget:>6.2f} {name:<22} {schedule.compute_fraction:>7.3f} {1 / schedule.compute_fraction:>7.2f} "
@@ -66,8 +62,3 @@ def main():
 
 def allocation(meta: dict) -> str:
     return meta.get("verified", {}).get("chosen") or f"{meta['allocation']}, {meta['objective']}"
-
-
-if __name__ == "__main__":
-    with torch.no_grad():
-        main()

@@ -1,8 +1,8 @@
-"""Caching methods behind one interface, so the benchmark measures them all the same way.
-
-A `Method` turns (benchmark context, budget) into an `OperatingPoint`: how to attach it to the pipeline,
-how to detach it, how many steps to run, and what compute it planned. What it *realized* is measured,
-never taken from the plan: `metrics.BlockCounter` counts the multiply-adds of every Linear layer inside the
+"""The benchmark's methods: the library's (layercache.methods) and the peers only the benchmark runs, each a
+`methods.Method` that turns (benchmark context, budget) into a cache (`methods.Cache`, the benchmark's operating
+point): how to attach it to the pipeline, how to detach it, how many steps to run, and what compute it planned.
+`BenchContext` is the context those methods ask for calibrations, checked plans and tuning. What it *realized* is
+measured, never taken from the plan: `metrics.BlockCounter` counts the multiply-adds of every Linear layer inside the
 transformer blocks that actually ran (a superset of counting `attn.to_q` calls, which stays right for
 caches that skip only part of a block), relative to the uncached run on the same inputs.
 
@@ -40,42 +40,31 @@ import contextlib
 import io
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .calibrate import Calibration, calibrate, call_kwargs
-from .hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
-from .meancache import apply_meancache, meancache_schedule, remove_meancache
+from ..calibrate import Calibration, calibrate, call_kwargs
+from ..methods import METHODS as LIBRARY
+from ..methods import Cache, DiffusersCacheSetting, LayerCacheSetting, Method, Uncached
+from ..methods import prepare as prepare_cache
+from ..planner import latent_mse, plan_verified, reference_latents, schedule_from_mask, steps_for
+from ..schedule import Schedule
 from .metrics import BlockCounter
-from .planner import check_budget, latent_mse, plan_verified, reference_latents, schedule_from_mask, steps_for
-from .schedule import Schedule
 
 # ---------------------------------------------------------------- the interface
 
-@dataclass
-class OperatingPoint:
-    method: str
-    budget: float
-    attach: Callable           # attach(pipe): enable the cache
-    detach: Callable           # detach(pipe): remove it
-    num_inference_steps: int
-    planned_fraction: float | None = None   # what the method planned; None where a threshold decides at run time
-    params: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    summary: str
-    prepare: Callable          # prepare(context, budget) -> OperatingPoint
-
-
 class BenchContext:
     """What the methods share for one model and step count: the pipeline, calibrations (loaded from
-    `calibrations` {groups: Calibration or path} or computed on `calibration_calls`) and tuning results."""
+    `calibrations` {groups: Calibration or path} or computed on `calibration_calls`) and tuning results; the
+    context `methods.Method.prepare` asks for (see layercache/methods.py). Every LayerCache variant is checked end
+    to end and every free setting tuned, so that each ablation changes one thing only."""
+
+    num_groups = 4      # LayerCache, its K=1 ablation and MeanCache
+    max_k = None        # the calibration's largest K
+    check_all = True
+    tunes = True
 
     def __init__(self, pipe, num_steps: int, calibration_calls: list, calibrations: dict | None = None,
                  log: Callable = lambda message: None, fbc_thresholds=None):
@@ -106,6 +95,22 @@ class BenchContext:
             self._cache[key] = make()
         return self._cache[key]
 
+    def verified_plan(self, cal: Calibration, budget: float, **options) -> Schedule:
+        reference = self.memo("reference latents",
+                              lambda: reference_latents(self.pipe, self.tuning_calls, self.num_steps))
+        return plan_verified(self.pipe, cal, budget, self.tuning_calls, reference=reference, **options)
+
+    def tune(self, caches: list) -> Cache:
+        return tune(self, caches)
+
+    def fbc_threshold(self, budget: float) -> tuple[float, dict]:
+        """FirstBlockCache's threshold for `budget`: interpolated (log scale) in a sweep measured on a calibration
+        input; the realized fraction on the evaluation inputs is reported. The first block always runs, so b <
+        1/12 is out of its reach on the bundled model."""
+        sweep = self.memo("fbc_sweep", lambda: _fbc_sweep(self))
+        threshold = _interpolate_threshold(sweep, budget)
+        return threshold, {"threshold": threshold, "tuning_fraction": dict(sweep).get(threshold)}
+
     def run_tuning(self) -> int:
         """One uncached-settings run on the first calibration call (never evaluation inputs); returns MACs."""
         with BlockCounter(self.pipe.transformer) as counter:
@@ -114,52 +119,7 @@ class BenchContext:
         return counter.macs
 
 
-def _with_schedule(name, budget, schedule: Schedule) -> OperatingPoint:
-    def attach(pipe):
-        apply_layer_cache(pipe.transformer, LayerCacheConfig(schedule, telemetry=False))
-
-    def detach(pipe):
-        remove_layer_cache(pipe.transformer)
-
-    chosen = sorted({c.encode() for row in schedule.cells for c in row if not c.compute})
-    params = {"reuse_cells": chosen}
-    if "verified" in schedule.meta:   # which candidate plan won on the calibration call
-        params["verified"] = schedule.meta["verified"]["chosen"]
-    return OperatingPoint(name, budget, attach, detach, schedule.num_steps, schedule.compute_fraction, params)
-
-
-def _with_diffusers_cache(name, budget, config, planned, params) -> OperatingPoint:
-    def attach(pipe):
-        pipe.transformer.enable_cache(config)
-
-    def detach(pipe):
-        pipe.transformer.disable_cache()
-
-    return OperatingPoint(name, budget, attach, detach, None, planned, params)
-
-
 # ---------------------------------------------------------------- LayerCache and its ablations
-
-# LayerCache and the ablations that keep its allocator are all checked end to end on the calibration
-# calls (planner.plan_verified), so that each ablation changes one thing only.
-
-def _verified(ctx, groups, budget, **options):
-    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.tuning_calls, ctx.num_steps))
-    return plan_verified(ctx.pipe, ctx.calibration(groups), budget, ctx.tuning_calls, reference=reference,
-                         **options)
-
-
-def _layercache(ctx, budget):
-    return _with_schedule("layercache", budget, _verified(ctx, 4, budget))
-
-
-def _layercache_k1(ctx, budget):
-    return _with_schedule("layercache-k1", budget, _verified(ctx, 4, budget, max_k=1, predictors=("slope",)))
-
-
-def _layercache_g1(ctx, budget):
-    return _with_schedule("layercache-g1", budget, _verified(ctx, 1, budget))
-
 
 def _grid_schedule(cal: Calibration, compute: np.ndarray, pick_k: bool, meta: dict) -> Schedule:
     """A Schedule from a (N, G) compute mask; reused cells get the calibrated best candidate at their
@@ -181,7 +141,7 @@ def _layercache_uniform(ctx, budget):
     for j in range(reused):  # the j-th of R points spread over the free steps
         compute[free[int((j + 0.5) * len(free) / reused)]] = False
     meta = {"method": "layercache-uniform", "budget": budget}
-    return _with_schedule("layercache-uniform", budget, _grid_schedule(cal, compute, True, meta))
+    return LayerCacheSetting(_grid_schedule(cal, compute, True, meta), "layercache-uniform", budget)
 
 
 def _fixed_interval(ctx, budget):
@@ -202,29 +162,13 @@ def _fixed_interval(ctx, budget):
         if best is None or abs(fraction - budget) < abs(best[0] - budget) - 1e-12:
             best = (fraction, compute, intervals)
     meta = {"method": "fixed-interval", "budget": budget, "intervals": best[2]}
-    point = _with_schedule("fixed-interval", budget, _grid_schedule(cal, best[1], False, meta))
-    point.params["intervals"] = best[2]
-    return point
+    return LayerCacheSetting(_grid_schedule(cal, best[1], False, meta), "fixed-interval", budget,
+                             {"intervals": best[2]})
 
 
-# ---------------------------------------------------------------- MeanCache
+# ---------------------------------------------------------------- tuning
 
-def _meancache(ctx, budget):
-    """MeanCache's step-cost exponent tuned per cell on the calibration calls (gamma 1 or 2)."""
-    cal = ctx.calibration(4)
-    points = []
-    for gamma in (2.0, 1.0):
-        schedule = meancache_schedule(cal, budget, gamma=gamma)
-        point = OperatingPoint("meancache", budget, lambda pipe, s=schedule: apply_meancache(pipe.transformer, s),
-                               lambda pipe: remove_meancache(pipe.transformer), schedule.num_steps,
-                               schedule.compute_fraction)
-        point.params = {"computed_steps": schedule.meta["computed_steps"], "gamma": gamma,
-                        "k": sorted({row[0].k for row in schedule.cells if not row[0].compute})}
-        points.append(point)
-    return tune(ctx, points)
-
-
-def tune(ctx, points: list) -> OperatingPoint:
+def tune(ctx, points: list) -> Cache:
     """The operating point whose final latents on the calibration calls are closest to the uncached ones:
     how every peer with a free setting is tuned, per (steps, budget) cell, never on evaluation inputs."""
     reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.tuning_calls, ctx.num_steps))
@@ -262,20 +206,6 @@ def _fbc_sweep(ctx) -> list[tuple[float, float]]:
             ctx.pipe.transformer.disable_cache()
         ctx.log(f"fbcache threshold {threshold:.4f}: compute {sweep[-1][1]:.3f} (calibration inputs)")
     return sweep
-
-
-def _fbcache(ctx, budget):
-    """FirstBlockCache skips the rest of the stack when the first block's residual changed by less than
-    a threshold, so compute is only known after the fact. The threshold is interpolated (log scale) in a
-    sweep measured on a calibration input; the realized fraction on the evaluation inputs is reported.
-    The first block always runs, so b < 1/12 is out of its reach on the bundled model."""
-    from diffusers import FirstBlockCacheConfig
-
-    sweep = ctx.memo("fbc_sweep", lambda: _fbc_sweep(ctx))
-    threshold = _interpolate_threshold(sweep, budget)
-    tuned = dict(sweep).get(threshold)
-    return _with_diffusers_cache("fbcache", budget, FirstBlockCacheConfig(threshold=threshold), None,
-                                 {"threshold": threshold, "tuning_fraction": tuned})
 
 
 def _interpolate_threshold(sweep, budget: float) -> float:
@@ -349,7 +279,7 @@ def _magcache(ctx, budget):
     threshold, count = best
     config = MagCacheConfig(threshold=threshold, max_skip_steps=max_skip, retention_ratio=retention,
                             num_inference_steps=n, mag_ratios=ratios)
-    return _with_diffusers_cache("magcache", budget, config, count / n,
+    return DiffusersCacheSetting(config, "magcache", budget, count / n,
                                  {"threshold": threshold, "max_skip_steps": max_skip, "retention_ratio": retention})
 
 
@@ -376,7 +306,7 @@ def _taylorseer(ctx, budget):
                                            taylor_factors_dtype=torch.float32,
                                            cache_identifiers=[r"transformer_blocks\.\d+"])
             planned = taylorseer_computed_steps(interval, warmup, n) / n
-            points.append(_with_diffusers_cache("taylorseer", budget, config, planned,
+            points.append(DiffusersCacheSetting(config, "taylorseer", budget, planned,
                                                 {"cache_interval": interval, "disable_cache_before_step": warmup,
                                                  "max_order": order}))
     return tune(ctx, points)
@@ -386,28 +316,22 @@ def _taylorseer(ctx, budget):
 
 def _fewer_steps(ctx, budget):
     steps = steps_for(budget, ctx.num_steps)
-    return OperatingPoint("fewer-steps", budget, lambda pipe: None, lambda pipe: None, steps,
-                          steps / ctx.num_steps, {"steps": steps})
+    return Uncached(steps, "fewer-steps", budget, steps / ctx.num_steps, {"steps": steps})
 
 
-METHODS = {m.name: m for m in [
-    Method("layercache", "(step, group, K) plan checked end to end, 4 groups", _layercache),
-    Method("layercache-k1", "ablation: K fixed to 1 (no JVP)", _layercache_k1),
-    Method("layercache-g1", "ablation: a single group", _layercache_g1),
+PEERS = {m.key: m for m in [
     Method("layercache-uniform", "ablation: evenly spread reuse, no planner", _layercache_uniform),
-    Method("meancache", "whole-model MeanCache, DP schedule", _meancache),
-    Method("fbcache", "diffusers FirstBlockCache", _fbcache),
     Method("taylorseer", "diffusers TaylorSeer (whole blocks)", _taylorseer),
     Method("magcache", "diffusers MagCache (calibrated ratios)", _magcache),
     Method("fewer-steps", "uncached with round(N·b) steps", _fewer_steps),
     Method("fixed-interval", "every group recomputed every I steps, plain reuse", _fixed_interval),
 ]}
+_ORDER = ("layercache", "layercache-k1", "layercache-g1", "layercache-uniform", "meancache", "fbcache", "taylorseer",
+          "magcache", "fewer-steps", "fixed-interval")
+METHODS = {key: {**LIBRARY, **PEERS}[key] for key in _ORDER}   # the benchmark's methods, in its order
 
 
-def prepare(name: str, ctx: BenchContext, budget: float) -> OperatingPoint:
+def prepare(name: str, ctx: BenchContext, budget: float) -> Cache:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
-    point = METHODS[name].prepare(ctx, check_budget(budget))
-    if point.num_inference_steps is None:
-        point.num_inference_steps = ctx.num_steps
-    return point
+    return prepare_cache(METHODS[name], ctx, budget)

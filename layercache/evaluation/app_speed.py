@@ -1,12 +1,11 @@
 """How fast the app feels on this machine: time from Run to the first streamed step, and to the end of a
 default run (both lanes, defaults from space.yaml), through a real `python app.py` server and gradio_client.
 
-    python benchmarks/app_speed.py [--repeats 5] [--url http://127.0.0.1:7860/]
+    python -m layercache app-speed [--repeats 5] [--url http://127.0.0.1:7860/]
 
 Without --url it starts the app on a free port (warm-up included, as a user would find it) and stops it after.
 """
 
-import argparse
 import os
 import socket
 import statistics
@@ -15,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository, where app.py is
 
 
 def free_port() -> int:
@@ -53,15 +51,11 @@ def one_run(client, args) -> tuple[float, float, dict]:
     return first, time.perf_counter() - start, out[6]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--url", default=None, help="a running app (default: start one)")
-    a = ap.parse_args(argv)
+def run(a):
     from gradio_client import Client
 
-    from layercache.space import defaults
-    from layercache.speed import machine
+    from ..studio.space import defaults
+    from .speed import machine
 
     d = defaults()
     args = (d["model"], d["prompt"], d["seed"], d["steps"], d["guidance"], d["budget"], d["groups"], d["max_k"],
@@ -86,7 +80,3 @@ def main(argv=None):
           f"(min {min(totals):.2f}, max {max(totals):.2f})   target < 10 s")
     print(f"last run: lanes uncached {m['time_uncached_s']} s, cached {m['time_cached_s']} s; "
           f"PSNR {m['psnr_db']} dB, wall speed-up {m['wall_speedup']}x, compute speed-up {m['compute_speedup']}x")
-
-
-if __name__ == "__main__":
-    main()

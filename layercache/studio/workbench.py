@@ -1,0 +1,153 @@
+"""What the app keeps across requests: a runner per model, calibrations and checked plans.
+
+The cached lane's method comes from the registry in `layercache/methods.py` (the app names methods by their
+label, e.g. "LayerCache"; `methods.by_label` maps it to the registry entry); `_AppContext` is the context those
+methods ask for calibrations and checked plans. The app checks only its main method ("LayerCache") end to end,
+so that a new setting's first run of any other method starts at once, and tunes nothing (MeanCache's γ = 2,
+FirstBlockCache's threshold from its slider).
+"""
+
+import os
+import threading
+from pathlib import Path
+
+from ..methods import by_label
+from ..methods import prepare as prepare_cache
+from .runner import LockstepRunner
+
+HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
+    ["a red fox in fresh snow, photograph", "an isometric city at night, neon signs", "a bowl of ramen, studio light",
+     "portrait of an old fisherman, oil painting"], start=1)]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LAYERCACHE_CACHE_DIR") or Path.home() / ".cache" / "layercache")
+
+
+class _AppContext:
+    """The context of `methods.Method.prepare` for one app request (see layercache/methods.py)."""
+
+    check_all = False
+    tunes = False
+
+    def __init__(self, workbench, key, steps, groups, max_k, threshold, progress):
+        self.workbench, self.key, self.num_steps, self.num_groups = workbench, key, steps, groups
+        self.max_k, self.threshold, self.progress = max_k, threshold, progress
+        self.source = None   # where the calibration came from, if the method used one
+
+    def calibration(self, groups):
+        cal, self.source = self.workbench.calibration(self.key, self.num_steps, groups, self.progress)
+        return cal
+
+    def verified_plan(self, cal, budget, **options):
+        return self.workbench.verified_plan(self.key, cal, budget, progress=self.progress, **options)
+
+    def tune(self, caches):
+        return caches[0]
+
+    def fbc_threshold(self, budget):
+        return float(self.threshold), {"threshold": float(self.threshold)}
+
+
+class Workbench:
+    """Loads each allow-listed model once and keeps its runner; finds or makes calibrations (shipped in assets/
+    for the bundled model, else calibrated on first use and kept under `cache_dir()`); plans schedules."""
+
+    def __init__(self):
+        self._runners: dict = {}
+        self._calibrations: dict = {}
+        self._references: dict = {}
+        self._plans: dict = {}
+        self._lock = threading.Lock()
+
+    def runner(self, key: str) -> LockstepRunner:
+        from ..models.registry import load_pipeline
+        with self._lock:
+            if key not in self._runners:
+                pipe = load_pipeline(key)  # allow-list, availability and safetensors checks live there
+                pipe.set_progress_bar_config(disable=True)
+                self._runners[key] = LockstepRunner(pipe)
+            return self._runners[key]
+
+    def cancel_all(self) -> None:
+        for runner in list(self._runners.values()):
+            runner.cancel()
+
+    def calibration_source(self, key: str, steps: int, groups: int) -> tuple[str, Path]:
+        """('shipped' | 'cached' | 'to calibrate', path) without loading anything."""
+        from ..models.registry import shipped_calibration
+        shipped = shipped_calibration(key, steps, groups)
+        if shipped.is_file():
+            return "shipped", shipped
+        path = cache_dir() / f"{key}_steps{steps}_groups{groups}.npz"
+        return ("cached" if path.is_file() else "to calibrate"), path
+
+    def calibration(self, key: str, steps: int, groups: int, progress=None):
+        """The calibration for (model, steps, groups), and where it came from."""
+        from ..calibrate import Calibration, calibrate
+        from ..groups import model_id
+        cache_key = (key, steps, groups)
+        if cache_key in self._calibrations:
+            return self._calibrations[cache_key]
+        runner = self.runner(key)
+        source, path = self.calibration_source(key, steps, groups)
+        cal = Calibration.load(path) if source != "to calibrate" else None
+        if cal is None or cal.model_id != model_id(runner.pipes["uncached"].transformer):
+            with runner.exclusive():  # no run may start on this pipeline meanwhile
+                cal = calibrate(runner.pipes["uncached"], _calibration_calls(key), steps, num_groups=groups,
+                                progress=progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cal.save(path)
+            source = "calibrated now"
+        self._calibrations[cache_key] = (cal, f"{source}: {path}")
+        return self._calibrations[cache_key]
+
+    def method(self, key: str, label: str, steps: int, groups: int, budget: float, max_k: int,
+               threshold: float = 0.1, progress=None):
+        """(the cache for the cached lane, where its calibration came from or None) for the app's method `label`."""
+        method = by_label(label)
+        ctx = _AppContext(self, key, steps, groups, max_k, threshold, progress)
+        cache = prepare_cache(method, ctx, budget)
+        return cache, ctx.source
+
+    def verified_plan(self, key: str, cal, budget: float, progress=None, **options):
+        """`plan_verified` on the model's calibration calls (a few cached runs of them; the uncached reference is
+        computed once per model and step count), remembered per setting."""
+        from ..planner import plan_verified, reference_latents
+        memo = (key, cal.num_steps, cal.num_groups, float(budget), tuple(sorted(options.items())))
+        if memo not in self._plans:
+            runner = self.runner(key)
+            with runner.exclusive():  # no run may start on this pipeline meanwhile
+                pipe, calls = runner.pipes["uncached"], _verification_calls(key)
+                if (key, cal.num_steps) not in self._references:
+                    self._references[key, cal.num_steps] = reference_latents(pipe, calls, cal.num_steps)
+                checking = None if progress is None else (
+                    lambda done, total: progress(done, total, "checking candidate plans on the calibration inputs"))
+                reference = self._references[key, cal.num_steps]
+                self._plans[memo] = plan_verified(pipe, cal, budget, calls, reference=reference, progress=checking,
+                                                  **options)
+        return self._plans[memo]
+
+    def explore(self, key: str, call: dict, seed: int, steps: int, groups: int, max_k: int, progress=None):
+        """One uncached run of this input, recorded: per-group velocity change and stability against K."""
+        from ..calibrate import calibrate
+        runner = self.runner(key)
+        with runner.exclusive():
+            return calibrate(runner.pipes["uncached"], [dict(call, seed=seed)], steps, num_groups=groups,
+                             k_values=tuple(range(1, max_k + 1)), progress=progress)
+
+
+def _verification_calls(key: str) -> list:
+    """What the app runs candidate plans on: two calibration-seed digits (one prompt for hub models), so that a
+    plan for a new setting is checked in seconds."""
+    if key == "tiny":
+        from ..models.tiny.sets import CALIBRATION_SEEDS
+        return [{"label": [3, 8], "seed": CALIBRATION_SEEDS[0]}]
+    return HUB_CALIBRATION_CALLS[:1]
+
+
+def _calibration_calls(key: str) -> list:
+    if key == "tiny":
+        from ..models.tiny.sets import calibration_calls
+        return calibration_calls()
+    return HUB_CALIBRATION_CALLS
