@@ -2,9 +2,10 @@
 turn the trajectories into the error table eps(step, group, horizon, candidate) the planner spends.
 
 Predictors fit a group's *computed* residuals only (its anchors) and are linear in them, so the squared error
-of any prediction is a quadratic form in the residuals' inner products. Calibration therefore keeps, per
-group, the Gram matrix of the residuals over steps (mean over calibration trajectories and CFG branches):
-from it the planner scores any choice of anchors exactly, in microseconds (docs/design.md, "Error model").
+of any prediction is a quadratic form in the residuals' inner products. Calibration therefore keeps the Gram
+matrix of the residuals over (group, step) pairs (mean over calibration trajectories and CFG branches): from
+it the planner scores any choice of anchors exactly, in microseconds, including how the errors of groups
+reused on the same step add up or cancel in the stack's output (docs/design.md, "Error model").
 eps(i, g, h, c), kept for Explore, is the relative L2 error of candidate c = (predictor, K) at step i when
 group g was last computed h steps earlier, anchored on its K consecutive computed residuals ending there
 (teacher forcing: the anchors are the uncached run's). Residuals are compared on a fixed random subset of
@@ -25,7 +26,7 @@ from .predictors import MIN_K, PREDICTORS, predict
 from .schedule import Schedule
 
 FORMAT = "layercache.calibration"
-VERSION = 2  # 2: anchored predictors, Gram matrices
+VERSION = 3  # 2: anchored predictors, Gram matrices; 3: Gram matrices across groups
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Calibration:
     group_costs: list
     candidates: list        # [(predictor, K)]
     errors: np.ndarray      # (N, G, H + 1, C); errors[i, g, h, c], inf where undefined
-    gram: np.ndarray        # (G, N, N) mean inner product of group g's residuals at steps i and j
+    gram: np.ndarray        # (G, G, N, N) mean inner product of group g's residual at step i and group h's at j
     velocity_change: np.ndarray  # (N, G) relative L1 change of each group's residual, NaN at step 0
     outputs: np.ndarray     # (trajectories, N, S) transformer outputs on a coordinate subset (for MeanCache;
                             # saved as float16)
@@ -50,6 +51,11 @@ class Calibration:
     @property
     def num_groups(self) -> int:
         return len(self.group_starts)
+
+    @property
+    def group_gram(self) -> np.ndarray:
+        """(G, N, N): each group's own Gram matrix over steps."""
+        return np.einsum("ggij->gij", self.gram)
 
     @property
     def max_horizon(self) -> int:
@@ -86,7 +92,7 @@ class Calibration:
                              f"(`python -m layercache calibrate`, or delete it from the app's cache folder)")
         n, g = len(meta["sigmas"]), len(meta["group_starts"])
         if arrays["errors"].shape[:2] != (n, g) or arrays["errors"].shape[3] != len(meta["candidates"]) \
-                or arrays["gram"].shape != (g, n, n):
+                or arrays["gram"].shape != (g, g, n, n):
             raise ValueError(f"calibration file {path} is inconsistent: error table shape {arrays['errors'].shape}")
         return cls(meta["model_id"], meta["sigmas"], meta["group_starts"], meta["num_blocks"], meta["group_costs"],
                    [tuple(c) for c in meta["candidates"]], arrays["errors"], arrays["gram"], arrays["velocity_change"],
@@ -200,8 +206,9 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     trajectories = torch.stack([torch.stack([torch.stack(residuals[k][i]) for i in range(num_inference_steps)])
                                 for k in keys])                      # (T, N, G, S)
     candidates = [(p, k) for p in predictors for k in sorted(set(k_values)) if k >= MIN_K[p]]
-    gram = torch.einsum("tigs,tjgs->gij", trajectories.double(), trajectories.double()).numpy() / len(keys)
-    errors = error_table(gram, sigmas, candidates, max_horizon)
+    # across groups too: errors of groups reused on the same step add up (and may cancel) in the stack's output
+    gram = torch.einsum("tigs,tjhs->ghij", trajectories.double(), trajectories.double()).numpy() / len(keys)
+    errors = error_table(np.einsum("ggij->gij", gram), sigmas, candidates, max_horizon)
     change = (trajectories[:, 1:] - trajectories[:, :-1]).abs().sum(-1) / trajectories[:, :-1].abs().sum(-1)
     velocity = np.concatenate([np.full((1, layout.num_groups), np.nan), change.mean(0).numpy()], axis=0)
     out = np.stack([torch.stack(outputs[k]).numpy() for k in sorted(outputs)]) if outputs else np.zeros((0,))

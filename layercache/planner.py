@@ -21,11 +21,11 @@ import math
 
 import numpy as np
 
-from .calibrate import Calibration, call_kwargs, prediction_weights, relative_error
+from .calibrate import Calibration, call_kwargs, prediction_weights
 from .schedule import Cell, Schedule
 
 ALLOCATIONS = ("steps", "groups")
-OBJECTIVES = ("residuals", "outputs", "uniform")
+OBJECTIVES = ("residuals", "outputs", "uniform", "regular")
 
 
 class OutOfReach(ValueError):
@@ -70,16 +70,18 @@ def shortest_schedule(cost: np.ndarray, budget_steps: int) -> list[int]:
 
 # ---------------------------------------------------------------- error model
 
-def cell_errors(cal: Calibration, group: int, use_slope: bool, gamma: float) -> np.ndarray:
-    """cost[p, a, i]: the cost of reusing group `group` at step i when its last two computed steps are p < a
-    (p = N: a is its only one), the better of plain reuse and the span-2 slope. Squared L2 error relative to
-    the step's summed residual energy over all groups, weighted by the step's share of sigma (an error in the
-    velocity moves the sample by dsigma times it), to the power gamma / 2; inf where undefined."""
-    m = cal.gram[group].astype(np.float64)
+def cell_errors(cal: Calibration, group: int | None, use_slope: bool, gamma: float) -> np.ndarray:
+    """cost[p, a, i]: the cost of reusing group `group` (None: every group, the whole stack) at step i when its last
+    two computed steps are p < a (p = N: a is its only one), the better of plain reuse and the span-2 slope.
+    Squared L2 error relative to the step's summed residual energy over all groups, weighted by the step's share
+    of sigma (an error in the velocity moves the sample by dsigma times it), to the power gamma / 2; inf where
+    undefined. For the whole stack the error is that of the groups' summed prediction, cross terms included."""
+    gram = cal.gram.astype(np.float64)
+    m = gram.sum(axis=(0, 1)) if group is None else gram[group, group]
     n = cal.num_steps
     grid = np.append(np.asarray(cal.sigmas, dtype=np.float64), 0.0)
     dsigma = (grid[:-1] - grid[1:]) / ((grid[0] - grid[-1]) / n)
-    scale = np.maximum(np.einsum("gii->i", cal.gram.astype(np.float64)), 1e-30) / dsigma ** 2   # (N,)
+    scale = np.maximum(np.einsum("ggii->i", gram), 1e-30) / dsigma ** 2   # (N,)
     d = np.diag(m)
     plain = (d[:, None] - 2 * m + d[None, :]) / scale[None, :]                                  # [a, i]
     cost = np.broadcast_to(plain, (n + 1, n, n)).copy()
@@ -155,15 +157,31 @@ def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
             error = float(sum(cost[a, c] for a, c in zip(steps, steps[1:] + [n])))
         except ValueError:
             steps, error = [], np.inf
+    elif objective == "regular":   # a warm-up, then one step in `interval`: the best such pair by the error model
+        run = _runs(cell_errors(cal, None, use_slope, gamma), max_reuse)
+        pairs = [regular_steps(i, w, n) for i in range(1, n + 1) for w in range(1, count + 1)]
+        error, steps = min(((_path_cost(run, st), st) for st in pairs if len(st) == count), default=(np.inf, []))
     else:
-        cell = sum(cell_errors(cal, g, use_slope, gamma) for g in range(cal.num_groups))
-        error, steps = _paths(_runs(cell, max_reuse), {count})[count]
+        error, steps = _paths(_runs(cell_errors(cal, None, use_slope, gamma), max_reuse), {count})[count]
     if np.isinf(error):
         raise OutOfReach(f"budget {budget} is out of reach: {count} computed steps cannot cover {n} with runs of "
                          f"at most {max_reuse} reused steps; raise the budget or max_reuse")
     compute = np.zeros((n, cal.num_groups), dtype=bool)
     compute[steps] = True
     return compute, error
+
+
+def regular_steps(interval: int, warmup: int, num_steps: int) -> list[int]:
+    """The first `warmup` steps, then one step in `interval` (the pattern of TaylorSeer's cache_interval and
+    disable_cache_before_step)."""
+    return [s for s in range(num_steps) if s < warmup or (s - warmup - 1) % interval == 0]
+
+
+def _path_cost(run: np.ndarray, steps: list) -> float:
+    """The error model's cost of whole-step plan `steps` (step 0 first), from `_runs`."""
+    n = run.shape[1]
+    previous = [n] + steps[:-1]
+    return float(sum(run[p, a, c] for p, a, c in zip(previous, steps, steps[1:] + [n])))
 
 
 def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
@@ -193,7 +211,8 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
 
 
 def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
-         predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals") -> Schedule:
+         predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals",
+         fixed: tuple | None = None) -> Schedule:
     """The plan of least predicted error that executes at most `budget` of the block compute.
 
     Args:
@@ -206,7 +225,10 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         gamma: errors enter the objective as error**gamma (2: squared errors add up).
         objective: what whole steps are chosen on: "residuals" (the groups' anchored errors, exact DP),
             "outputs" (the transformer output's chained prediction error, MeanCache's step costs) or "uniform"
-            (evenly spread, no model).
+            (evenly spread, no model) or "regular" (a warm-up, then one step in an interval: the best such pattern
+            by the residuals' error model).
+        fixed: a (predictor, K) every reused cell takes, instead of each cell's least error by the error model
+            (which is teacher-forced: end to end, one predictor throughout is sometimes better).
 
     Example:
         >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
@@ -230,11 +252,17 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
     allowed = allowed_candidates(cal, max_k, predictors)
     if not allowed:
         raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
-    use_slope = any(tuple(cal.candidates[c]) == ("slope", 2) for c in allowed)
+    use_slope = any(tuple(cal.candidates[c]) == ("slope", 2) for c in allowed)   # `fixed` does not move the steps
+    if fixed is not None:
+        if not isinstance(fixed, (tuple, list)) or tuple(fixed) not in [tuple(cal.candidates[c]) for c in allowed]:
+            raise ValueError(f"fixed must be one of the allowed calibrated (predictor, K) pairs "
+                             f"{[tuple(cal.candidates[c]) for c in allowed]}, got {fixed!r}")
+        allowed = [c for c in allowed if tuple(cal.candidates[c]) == tuple(fixed)]
     allocate = _steps_allocation if allocation == "steps" else _groups_allocation
     compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
-            "max_reuse": max_reuse, "gamma": gamma, "predicted_error": error}
+            "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
+            "predicted_error": error}
     schedule = schedule_from_mask(cal, compute, meta, allowed)
     schedule.meta["compute_fraction"] = schedule.compute_fraction
     return schedule
@@ -246,27 +274,57 @@ def allowed_candidates(cal: Calibration, max_k=None, predictors=None) -> list[in
 
 
 def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, allowed=None) -> Schedule:
-    """A Schedule from an (N, G) compute mask: each reused cell takes the allowed (predictor, K) whose error on
-    the group's real anchors (its last computed steps) is least."""
-    allowed = list(range(len(cal.candidates))) if allowed is None else allowed
+    """A Schedule from an (N, G) compute mask: on each step, the reused groups take the allowed (predictor, K) each
+    whose summed error on their real anchors (each group's last computed steps) is least. Summed, because the
+    groups' errors add up in the stack's output and may cancel: a choice that is best for each group alone can
+    be worse together (cross-group Gram, `Calibration.gram`)."""
+    allowed = list(range(len(cal.candidates))) if allowed is None else list(allowed)
     grid = list(cal.sigmas) + [0.0]
+    n, groups = compute.shape
+    gram = cal.gram.astype(np.float64)
     cells = [[Cell(True) for _ in row] for row in compute]
-    for g in range(compute.shape[1]):
-        computed = []
-        for i in range(compute.shape[0]):
-            if compute[i, g]:
-                computed.append(i)
-                continue
-            choices = []
-            for c in allowed:
+    for i in range(n):
+        reused = [g for g in range(groups) if not compute[i, g]]
+        if not reused:
+            continue
+        # error vectors over steps: the predictor's weights on the group's anchors, -1 at the target step
+        vectors = np.zeros((len(reused), len(allowed), n))
+        for r, g in enumerate(reused):
+            anchors_all = np.flatnonzero(compute[:i, g]).tolist()
+            for j, c in enumerate(allowed):
                 kind, k = cal.candidates[c]
-                anchors = computed[-k:]
-                weights = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
-                choices.append((float(relative_error(cal.gram[g:g + 1], anchors, weights, i)[0]), k, kind))
-            _, k, kind = min(choices)  # ties go to the smaller K
+                anchors = anchors_all[-k:]
+                vectors[r, j, anchors] = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
+                vectors[r, j, i] = -1.0
+        pairs = np.einsum("rcn,rsnm,sdm->rcsd", vectors, gram[np.ix_(reused, reused)], vectors)
+        picks = _least_sum(pairs)
+        for r, g in enumerate(reused):
+            kind, k = cal.candidates[allowed[picks[r]]]
             cells[i][g] = Cell(False, kind, k)
     return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
                     cells, meta)
+
+
+def _least_sum(pairs: np.ndarray, exhaustive_limit: int = 20000) -> list[int]:
+    """The choice c_r per group r minimizing sum_{r,s} pairs[r, c_r, s, c_s] (a squared error): every combination
+    when there are few, else coordinate descent from the best common choice. Ties go to the earlier candidate."""
+    groups, choices = pairs.shape[:2]
+    if choices ** groups <= exhaustive_limit:
+        combos = np.indices((choices,) * groups).reshape(groups, -1).T             # (combos, groups)
+        totals = sum(pairs[r, combos[:, r], s, combos[:, s]] for r in range(groups) for s in range(groups))
+        return combos[int(np.argmin(totals))].tolist()
+    picks = [int(np.argmin([pairs[:, c, :, c].sum() for c in range(choices)]))] * groups
+    for _ in range(10 * groups):
+        changed = False
+        for r in range(groups):
+            others = [s for s in range(groups) if s != r]
+            totals = pairs[r, :, r, :].diagonal() + 2 * sum(pairs[r, :, s, picks[s]] for s in others)
+            best = int(np.argmin(totals))
+            if totals[best] < totals[picks[r]] - 1e-15:
+                picks[r], changed = best, True
+        if not changed:
+            break
+    return picks
 
 
 # ---------------------------------------------------------------- checked end to end
@@ -282,24 +340,30 @@ def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
             for call in calls]
 
 
-# Whole steps chosen on the residuals (squared and absolute errors), on the outputs and evenly spread, the last two
-# also with MeanCache's estimator only (it stays bounded over the long gaps they leave); per-group plans.
+# Whole steps chosen on the residuals (squared and absolute errors), on the outputs, evenly spread and in a regular
+# pattern, the outputs and evenly spread also with MeanCache's estimator only (it stays bounded over the long gaps they
+# leave); per-group plans.
 WHOLE_STEP_OPTIONS = ({"gamma": 2.0}, {"gamma": 1.0}, {"objective": "outputs"},
                       {"objective": "outputs", "predictors": ("mean",)}, {"objective": "uniform"},
-                      {"objective": "uniform", "predictors": ("mean",)})
+                      {"objective": "uniform", "predictors": ("mean",)}, {"objective": "regular"})
 VERIFIED_OPTIONS = (*({"allocation": "steps", **o} for o in WHOLE_STEP_OPTIONS), {"allocation": "groups", "gamma": 2.0})
+# One predictor throughout, tried on the steps of the best plans: the error model picks each cell's predictor
+# teacher-forced, and end to end the JVP slope (or MeanCache's estimator) on every reused cell is sometimes better.
+FIXED_PREDICTORS = (("slope", 2), ("mean", 2))
 
 
 def option_name(option: dict) -> str:
-    return ",".join(f"{k}={'+'.join(v) if isinstance(v, tuple) else v}" for k, v in sorted(option.items()))
+    return ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sorted(option.items()))
 
 
 def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, candidates=VERIFIED_OPTIONS,
-                  reference=None, progress=None, **options) -> Schedule:
+                  reference=None, progress=None, fixed_predictors=FIXED_PREDICTORS, refine: int = 3,
+                  **options) -> Schedule:
     """The plan checked end to end: plan once per option set in `candidates`, run each plan on the
     calibration calls (never evaluation inputs) and keep the one whose final latents are closest to the uncached
-    ones (`reference`, from `reference_latents`; computed if not given). Option sets that cannot reach the
-    budget are skipped; argument errors reach the caller. `progress(done, total)` is called before each option.
+    ones (`reference`, from `reference_latents`; computed if not given). Then the `refine` best plans' steps are
+    tried again with each of `fixed_predictors` on every reused cell. Option sets that cannot reach the budget are
+    skipped; argument errors reach the caller. `progress(done, total)` is called before each run.
 
     Example:
         >>> schedule = plan_verified(pipe, cal, 0.5, calls)     # the calls `cal` was calibrated on
@@ -313,33 +377,44 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     steps = calibration.num_steps
     if reference is None:
         reference = reference_latents(pipe, calls, steps)
-    best, best_error, tried, seen = None, np.inf, {}, {}
-    for index, option in enumerate(candidates):
+    tried, seen, plans = {}, {}, {}
+    allowed = {tuple(calibration.candidates[c])
+               for c in allowed_candidates(calibration, options.get("max_k"), options.get("predictors"))}
+    fixed = [f for f in fixed_predictors if tuple(f) in allowed and "fixed" not in options]
+    total = len(candidates) + refine * len(fixed)
+
+    def check(option: dict, done: int):
         if progress is not None:
-            progress(index, len(candidates))
+            progress(done, total)
         settings = {**option, **options}   # the caller's settings win over an option set's
-        if not allowed_candidates(calibration, settings.get("max_k"), settings.get("predictors")) and \
-                allowed_candidates(calibration, options.get("max_k"), options.get("predictors")):
-            continue   # e.g. MeanCache's estimator only, under max_k=1: no such candidate, the others still apply
+        if not allowed_candidates(calibration, settings.get("max_k"), settings.get("predictors")) and allowed:
+            return   # e.g. MeanCache's estimator only, under max_k=1: no such candidate, the others still apply
         try:
             schedule = plan(calibration, budget, **settings)
         except OutOfReach:
-            continue
+            return
         name = option_name(option)
         cells = str([[c.encode() for c in row] for row in schedule.cells])
         if cells in seen:   # the same plan as an earlier option: same end-to-end error
             tried[name] = tried[seen[cells]]
-            continue
+            return
         seen[cells] = name
         apply_layer_cache(pipe.transformer, LayerCacheConfig(schedule, telemetry=False))
         try:
             latents = reference_latents(pipe, calls, steps)
         finally:
             remove_layer_cache(pipe.transformer)
-        tried[name] = latent_mse(latents, reference)
-        if tried[name] < best_error:
-            best, best_error = schedule, tried[name]
-    if best is None:
+        tried[name], plans[name] = latent_mse(latents, reference), (option, schedule)
+
+    for index, option in enumerate(candidates):
+        check(option, index)
+    first = sorted(plans, key=tried.get)[:refine]
+    for index, (name, predictor) in enumerate((n, f) for n in first for f in fixed):
+        steps_of = {k: v for k, v in plans[name][0].items() if k != "predictors"}   # `fixed` replaces the choice
+        check({**steps_of, "fixed": tuple(predictor)}, len(candidates) + index)
+    if not plans:
         raise OutOfReach(f"budget {budget} is out of reach under every option tried ({list(candidates)})")
-    best.meta["verified"] = {"calibration_mse": tried, "calls": len(calls), "chosen": min(tried, key=tried.get)}
+    chosen = min(plans, key=tried.get)
+    best = plans[chosen][1]
+    best.meta["verified"] = {"calibration_mse": tried, "calls": len(calls), "chosen": chosen}
     return best
