@@ -133,8 +133,23 @@ def call_kwargs(call: dict) -> dict:
 def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, group_starts=None,
               max_horizon: int = 6, k_values=(1, 2, 3, 4), predictors=PREDICTORS, sample_size: int = 4096,
               output_sample_size: int = 512, progress=None) -> Calibration:
-    """Run `pipe(**call)` uncached for every call (dicts of pipeline arguments; a "seed" becomes a
-    generator), record residuals and build the error table. `progress(done, total)` is called per call."""
+    """Run `pipe(**call)` uncached for every call, record every group's residuals and build the Gram matrices and
+    the error table the planner spends.
+
+    Args:
+        pipe: a diffusers pipeline with a supported `transformer`.
+        calls: dicts of pipeline arguments, one per calibration run (a "seed" becomes a generator); never the
+            inputs you evaluate on.
+        num_inference_steps: the step count the plans will run at.
+        num_groups / group_starts: the grouping (equal compute per group, or the first block of each group).
+        max_horizon: the longest horizon of the Explore error table. k_values, predictors: the candidates.
+        sample_size / output_sample_size: coordinates kept per residual / per transformer output.
+        progress: called as progress(done, total) after each call.
+
+    Example:
+        >>> cal = calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
+        >>> cal.save("fox_30steps.npz")
+    """
     if not isinstance(calls, (list, tuple)) or not calls or not all(isinstance(c, dict) for c in calls):
         raise ValueError("calls must be a non-empty list of dicts of pipeline arguments")
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 2:

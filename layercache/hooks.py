@@ -255,7 +255,18 @@ def _relative_change(previous, current) -> torch.Tensor:
 
 
 def apply_layer_cache(transformer: torch.nn.Module, config: LayerCacheConfig) -> Telemetry:
-    """Attach LayerCache to a supported transformer; returns the Telemetry that the run fills in."""
+    """Attach LayerCache to a supported transformer; returns the Telemetry that the run fills in.
+
+    Args:
+        transformer: a supported diffusers transformer (Flux, SD3, Qwen-Image) or the bundled model's.
+        config: the Schedule to follow (for this model, step count and grouping), whether to record telemetry,
+            and calibration's recorder.
+
+    Example:
+        >>> telemetry = apply_layer_cache(pipe.transformer, LayerCacheConfig(schedule))
+        >>> image = pipe("a fox", num_inference_steps=schedule.num_steps).images[0]
+        >>> remove_layer_cache(pipe.transformer)                 # the model is as it was
+    """
     spec = model_spec(transformer)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(_MODEL_HOOK) is not None:
