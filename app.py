@@ -15,6 +15,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from layercache.heterogeneity import heterogeneity
 from layercache.methods import Uncached, app_methods
 from layercache.models.registry import MODELS, availability
 from layercache.models.tiny.pipeline import parse_prompt
@@ -185,13 +186,9 @@ def explore(model, prompt, seed, steps, groups, max_k, guidance, progress=gr.Pro
                             int(groups), int(max_k))
     except ValueError as err:
         raise gr.Error(" ".join(str(err).split())) from None
-    change = np.nanmean(cal.velocity_change, axis=0)
-    table = cal.stability()
-    k1 = [c for c, cand in enumerate(cal.candidates) if cand == ("slope", 1)]
-    lines = [f"- group {g} (blocks {cal.group_starts[g]}–"
-             f"{(cal.group_starts + [cal.num_blocks])[g + 1] - 1}): mean velocity change {change[g]:.3f}"
-             + (f", plain-reuse error {table[g, k1[0]]:.3f}" if k1 else "") for g in range(cal.num_groups)]
-    return viz.velocity_figure(cal.velocity_change), viz.stability_figure(cal), "\n".join(lines)
+    measure = heterogeneity(cal)
+    note = f"**{measure.summary()}**\n\n{measure.table()}"
+    return viz.velocity_figure(cal.velocity_change), viz.stability_figure(cal), note
 
 
 def stop(request: gr.Request = None):

@@ -220,6 +220,36 @@ def calibrate_shipped(args):
     run(args)
 
 
+@command("how differently the layer groups behave (velocity change, plain-reuse and best-slope error per group and "
+         "phase, and the heterogeneity ratio), from the shipped calibration or a calibration file",
+         arg("--model", default="tiny", help="model key (default: %(default)s)"),
+         arg("--steps", type=int, default=30, help="(default: %(default)s)"),
+         arg("--groups", type=int, default=4, help="(default: %(default)s)"),
+         arg("--calibration", default=None, help="a calibration .npz (default: the model's shipped one; without one, "
+                                                  "calibrate on the model's calibration inputs)"))
+def explore(args):
+    from .calibrate import Calibration
+    from .heterogeneity import heterogeneity
+    from .models.registry import get_entry, shipped_calibration
+
+    get_entry(args.model)
+    if args.steps < 2 or args.groups < 1:
+        raise ValueError(f"--steps must be >= 2 and --groups >= 1, got {args.steps} and {args.groups}")
+    path = args.calibration or shipped_calibration(args.model, args.steps, args.groups)
+    if args.calibration or Path(path).is_file():
+        cal = Calibration.load(path)
+    else:
+        from .calibrate import calibrate
+        from .models.registry import load_pipeline
+        from .studio.workbench import calibration_calls
+
+        print(f"no shipped calibration for {args.model} at {args.steps} steps and {args.groups} groups: calibrating",
+              file=sys.stderr)
+        cal = calibrate(load_pipeline(args.model), calibration_calls(args.model), args.steps, num_groups=args.groups)
+    measure = heterogeneity(cal)
+    print(f"{cal.model_id}: {cal.num_steps} steps, {cal.num_groups} groups\n\n{measure.table()}\n\n{measure.summary()}")
+
+
 @command("print the README front matter rendered from space.yaml (the Space metadata)")
 def space(args):
     from .studio.space import front_matter

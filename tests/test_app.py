@@ -135,7 +135,7 @@ def test_other_methods_in_the_cached_lane(client, method):
 
 def test_explore_view(client):
     velocity, stability, note = client.predict("tiny", "two", 3, STEPS, 3, 4, 3.0, api_name="/explore")
-    assert "group 2" in note and velocity and stability
+    assert "heterogeneity ratio" in note and "| 2 | 8–11 |" in note and velocity and stability
 
 
 def test_space_yaml_is_the_source_of_front_matter_and_defaults():
@@ -191,7 +191,7 @@ def test_every_budget_the_slider_offers_plans_for_every_method(steps, tmp_path, 
     from layercache.studio.workbench import Workbench
 
     monkeypatch.setenv("LAYERCACHE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(workbench, "_calibration_calls", lambda key: [{"label": [1, 7], "seed": 1}])  # for 2 steps
+    monkeypatch.setattr(workbench, "calibration_calls", lambda key: [{"label": [1, 7], "seed": 1}])  # for 2 steps
     bench = Workbench()
     for method in app.METHODS:
         for budget in (app.BUDGET_MIN, 1.0):

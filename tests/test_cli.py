@@ -115,3 +115,18 @@ def test_every_command_has_help():
         with pytest.raises(SystemExit) as exit_:
             cli.build_parser().parse_args([name, "--help"])
         assert exit_.value.code == 0
+
+
+def test_explore_prints_the_heterogeneity_of_a_shipped_calibration(capsys):
+    assert cli.main(["explore", "--model", "tiny", "--steps", "30", "--groups", "4"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "heterogeneity ratio" in out and "| 3 | 9–11 |" in out and "plain error (early)" in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["explore", "--model", "nope"], "unknown model"),
+    (["explore", "--steps", "1"], "--steps must be >= 2"),
+    (["explore", "--calibration", "/no/such.npz"], "not found"),
+])
+def test_explore_bad_input_exits_2_with_one_error_line(argv, expected, capsys):
+    assert_one_error_line(*run_in_process(argv, capsys), expected)

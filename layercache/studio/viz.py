@@ -65,8 +65,12 @@ def heatmaps(grids: dict, max_k: int | None = None) -> tuple:
 
 def velocity_figure(velocity_change: np.ndarray) -> go.Figure:
     """Explore view: (steps, groups) velocity change of the uncached run."""
-    fig = heatmap("velocity", np.asarray(velocity_change, dtype=float))
-    fig.update_layout(title="Per-group velocity change of the uncached run")
+    grid = np.asarray(velocity_change, dtype=float)
+    fig = heatmap("velocity", grid)
+    finite = grid[np.isfinite(grid)]
+    if finite.size:   # the first steps change several times more than the rest: cap the scale so the rest shows
+        fig.update_traces(zmin=float(finite.min()), zmax=float(np.percentile(finite, 95)))
+    fig.update_layout(title="Per-group velocity change of the uncached run (colour capped at the 95th percentile)")
     return fig
 
 

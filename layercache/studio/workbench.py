@@ -94,7 +94,7 @@ class Workbench:
         cal = Calibration.load(path) if source != "to calibrate" else None
         if cal is None or cal.model_id != model_id(runner.pipes["uncached"].transformer):
             with runner.exclusive():  # no run may start on this pipeline meanwhile
-                cal = calibrate(runner.pipes["uncached"], _calibration_calls(key), steps, num_groups=groups,
+                cal = calibrate(runner.pipes["uncached"], calibration_calls(key), steps, num_groups=groups,
                                 progress=progress)
             path.parent.mkdir(parents=True, exist_ok=True)
             cal.save(path)
@@ -146,8 +146,9 @@ def _verification_calls(key: str) -> list:
     return HUB_CALIBRATION_CALLS[:1]
 
 
-def _calibration_calls(key: str) -> list:
+def calibration_calls(key: str) -> list:
+    """What a model is calibrated on: the bundled model's calibration seeds, every digit; hub models' prompts."""
     if key == "tiny":
-        from ..models.tiny.sets import calibration_calls
-        return calibration_calls()
+        from ..models.tiny.sets import calibration_calls as tiny_calls
+        return tiny_calls()
     return HUB_CALIBRATION_CALLS
