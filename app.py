@@ -9,7 +9,9 @@ labels), figures in `layercache.studio.viz`, Space metadata and defaults in `spa
 
 import math
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -20,7 +22,7 @@ from layercache.methods import Uncached, app_methods
 from layercache.models.registry import MODELS, availability
 from layercache.models.tiny.pipeline import parse_prompt
 from layercache.planner import check_budget
-from layercache.studio import viz
+from layercache.studio import history, viz
 from layercache.studio.space import defaults as space_defaults
 from layercache.studio.workbench import Workbench
 
@@ -40,6 +42,7 @@ MAX_K = 4          # the calibrations' largest K
 BUDGET_MIN = 0.1   # the slider's lower end: every method plans at every budget from here to 1
 bench = Workbench()
 STOPPED = "**Stopped.** The next run starts clean."
+HISTORY_DIR = Path(tempfile.gettempdir()) / "layercache_history"   # one folder per session, for the downloads
 _stopped_at: dict = {}  # session -> time of its last Stop
 _streaming: set = set()  # sessions whose run is streaming now
 
@@ -199,6 +202,16 @@ def stop(request: gr.Request = None):
         bench.cancel_all()  # runs go one at a time (concurrency_id "device"): the active one is this session's
 
 
+def record_run(rows, metrics, model, method, steps, budget, groups, max_k, request: gr.Request = None):
+    """After a run: its row in this session's history (gr.State: never shared), the Pareto and the exports."""
+    settings = {"model": model, "method": method, "steps": int(steps), "budget": float(budget),
+                "groups": int(groups), "max_k": int(max_k)}
+    rows = history.add_run(rows or [], metrics, settings)
+    exports = history.write_exports(rows, HISTORY_DIR / _session(request)) if rows else None
+    background = history.benchmark_records(model, int(steps))
+    return rows, history.table(rows), history.pareto(rows, background, list(METHODS)), exports
+
+
 def on_model(model):
     entry = MODELS[model]
     ok, reason = availability(model)
@@ -277,6 +290,13 @@ def build_demo() -> gr.Blocks:
                     metrics = gr.JSON(label="Metrics vs the uncached image", elem_id="metrics")
                     diff = gr.Image(label="Difference ×10", format="png", height=256, interactive=False)
                     slider = gr.ImageSlider(label="Before / after", format="png", max_height=256)
+                with gr.Row():
+                    pareto_plot = gr.Plot(history.pareto([]), show_label=False, elem_id="pareto")
+                with gr.Accordion("Run history (this session only)", open=True):
+                    history_table = gr.Dataframe(headers=list(history.COLUMNS), value=[], interactive=False,
+                                                 elem_id="history", wrap=True)
+                    history_files = gr.File(label="Download the history (CSV, JSON)", file_count="multiple",
+                                            interactive=False, elem_id="history-files")
         with gr.Tab("Explore: layer-wise heterogeneity"):
             gr.Markdown("Runs the **uncached** model once on the prompt and seed above and records every group's "
                         "residual: how much each group changes per step, and how well a K-step slope predicts it.")
@@ -289,8 +309,11 @@ def build_demo() -> gr.Blocks:
         inputs = [model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold]
         outputs = [status, uncached, cached, *plots, metrics, diff, slider, calibration]
         clicked_at = gr.State()
+        runs = gr.State([])
         run_event = run_btn.click(time.monotonic, None, clicked_at, queue=False, api_visibility="private").then(
             run, [*inputs, clicked_at], outputs, api_name="run", concurrency_id="device", show_progress_on=[status])
+        run_event.success(record_run, [runs, metrics, model, method, steps, budget, groups, max_k],
+                          [runs, history_table, pareto_plot, history_files], api_visibility="private", queue=False)
         explore_event = explore_btn.click(explore, [model, prompt, seed, steps, groups, max_k, guidance],
                                           [velocity_plot, stability_plot, explore_note], api_name="explore",
                                           concurrency_id="device", show_progress_on=[explore_note])

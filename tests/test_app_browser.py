@@ -25,7 +25,8 @@ def url(tmp_path_factory):
 
     app.configure_torch()
     d = app.DEFAULTS
-    app.bench.method(d["model"], d["method"], STEPS, d["groups"], d["budget"], d["max_k"])  # calibrate up front
+    for steps in (STEPS, 50):   # calibrate and check the plans up front: the tests time the runs, not the planning
+        app.bench.method(d["model"], d["method"], steps, d["groups"], d["budget"], d["max_k"])
     demo = app.build_demo()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     yield demo.local_url
@@ -41,6 +42,14 @@ def page(url):
         page.wait_for_selector("#run", timeout=60_000)
         yield page
         browser.close()
+
+
+# rows of the history table (one cell per line in its text; each row starts with the model key), and the runs on
+# the Pareto chart
+HISTORY_ROWS = "(document.querySelector('#history').innerText.match(/^tiny$/gm) || []).length"
+PARETO_POINTS = """(() => { const div = document.querySelector('#pareto .js-plotly-plot');
+    return div && div.data ? div.data.filter(t => t.mode === 'markers').reduce((n, t) => n + t.y.length, 0) : -1;
+    })()"""
 
 
 def set_steps(page, steps):
@@ -83,6 +92,8 @@ def test_run_streams_previews_and_heatmaps(page):
     assert heat_values(page, "computed") == STEPS * groups
     assert heat_values(page, "velocity") > 0 and heat_values(page, "k") > 0
     assert "psnr_db" in page.locator("#metrics").inner_text()
+    page.wait_for_function(f"{HISTORY_ROWS} === 1", timeout=20_000)   # the run is in this session's history
+    assert page.evaluate(PARETO_POINTS) == 1
     page.wait_for_timeout(500)  # let the last images paint
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
@@ -98,6 +109,19 @@ def test_stop_mid_run_then_run_again(page):
     page.wait_for_function("document.querySelector('#status').innerText.includes('Stopped')", timeout=20_000)
     page.wait_for_timeout(1500)
     assert "Stopped" in page.locator("#status").inner_text()  # no further step arrived
+    assert page.evaluate(HISTORY_ROWS) == 1   # a stopped run adds no row
     set_steps(page, STEPS)
     page.click("#run")
     page.wait_for_function("document.querySelector('#status').innerText.includes('Done')", timeout=120_000)
+    page.wait_for_function(f"{HISTORY_ROWS} === 2", timeout=20_000)
+    assert page.locator("#history-files").inner_text().count("history.") >= 2   # CSV and JSON to download
+
+
+def test_history_is_per_session(url):
+    with sync_api.sync_playwright() as p:   # a second visitor sees an empty history
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        other = browser.new_page(viewport={"width": 1440, "height": 1250})
+        other.goto(url)
+        other.wait_for_selector("#run", timeout=60_000)
+        assert other.evaluate(HISTORY_ROWS) == 0
+        browser.close()
