@@ -110,9 +110,9 @@ def synthetic_calibration(transformer, sigmas, num_groups: int, costs=None, max_
     s = np.asarray(sigmas, dtype=np.float64)[:, None]
     trajectories = np.stack([gen.normal(size=64) + s * gen.normal(size=64) + (1 + g) * s ** 2 * gen.normal(size=64)
                              + 0.01 * gen.normal(size=(n, 64)) for g in range(num_groups)])       # (G, N, 64)
-    gram = np.einsum("gis,gjs->gij", trajectories, trajectories)
+    gram = np.einsum("gis,hjs->ghij", trajectories, trajectories)     # across groups, as calibration keeps it
     candidates = [("slope", 1), ("slope", 2), ("slope", 3), ("slope", 4)]
-    errors = error_table(gram, list(sigmas), candidates, max_horizon)
+    errors = error_table(np.einsum("ggij->gij", gram), list(sigmas), candidates, max_horizon)
     return Calibration(model_id(transformer), list(sigmas), list(layout.starts), layout.num_blocks,
                        list(layout.costs), candidates, errors, gram, np.zeros((n, num_groups)), np.zeros((0,)),
                        {"synthetic": True})
