@@ -254,10 +254,10 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
     use_slope = any(tuple(cal.candidates[c]) == ("slope", 2) for c in allowed)   # `fixed` does not move the steps
     if fixed is not None:
-        if not isinstance(fixed, (tuple, list)) or tuple(fixed) not in [tuple(cal.candidates[c]) for c in allowed]:
-            raise ValueError(f"fixed must be one of the allowed calibrated (predictor, K) pairs "
-                             f"{[tuple(cal.candidates[c]) for c in allowed]}, got {fixed!r}")
-        allowed = [c for c in allowed if tuple(cal.candidates[c]) == tuple(fixed)]
+        pairs = [tuple(cal.candidates[c]) for c in allowed]
+        if not isinstance(fixed, (tuple, list)) or tuple(fixed) not in pairs:
+            raise ValueError(f"fixed must be one of the allowed calibrated (predictor, K) pairs {pairs}, got {fixed!r}")
+        allowed = [allowed[pairs.index(tuple(fixed))]]
     allocate = _steps_allocation if allocation == "steps" else _groups_allocation
     compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
