@@ -107,18 +107,27 @@ def test_cancel_from_another_thread_at_any_moment_ends_the_stream_quietly(runner
         assert not is_enabled(runner.pipes["cached"].transformer)
 
 
-def test_lanes_share_every_weight(runner):
-    """The cached lane holds no second copy of any parameter or buffer: the same tensor objects, the same
-    memory, in a transformer module object of its own (hooks are per module object)."""
+def assert_one_set_of_weights(runner):
+    """The cached lane holds no second copy of any parameter, buffer or other tensor (Qwen-Image's rope tables):
+    the same tensor objects, the same memory, in a transformer module object of its own (hooks are per module
+    object); every other component but the scheduler is the uncached lane's own."""
     uncached, cached = (runner.pipes[lane].transformer for lane in ("uncached", "cached"))
     assert cached is not uncached
-    for ours, theirs in ((uncached.parameters(), cached.parameters()), (uncached.buffers(), cached.buffers())):
-        ours, theirs = list(ours), list(theirs)
+
+    def tensors(module):
+        return [list(module.parameters()), list(module.buffers()),
+                [v for m in module.modules() for v in vars(m).values() if torch.is_tensor(v)]]
+
+    for ours, theirs in zip(tensors(uncached), tensors(cached)):
         assert len(ours) == len(theirs) and all(a is b for a, b in zip(ours, theirs))
         assert [t.data_ptr() for t in ours] == [t.data_ptr() for t in theirs]
     for key, component in runner.pipes["uncached"].components.items():
         if key not in ("transformer", "scheduler"):
             assert runner.pipes["cached"].components[key] is component
+
+
+def test_lanes_share_every_weight(runner):
+    assert_one_set_of_weights(runner)
 
 
 def test_uncached_lane_never_sees_a_cache_hook_fire(runner, calibration, monkeypatch):
@@ -147,15 +156,21 @@ HUB = ["flux", "sd35", "qwen"]
 
 
 def hub_runner(name, dtype=torch.float32):
+    """A runner on a tiny random hub pipeline (or the bundled model: "tiny"), its call and a calibration."""
     import tiny_pipelines
 
     torch.set_num_threads(1)
-    pipe, call = tiny_pipelines.BUILDERS[name]()
+    if name == "tiny":
+        pipe, call, calibration_call = TinyDigitPipeline.from_weights(), CALL, {"label": [3, 8], "seed": 1}
+    else:
+        pipe, call = tiny_pipelines.BUILDERS[name]()
     pipe.set_progress_bar_config(disable=True)
     if dtype != torch.float32:
         pipe.to(dtype)  # the prompt embeddings too: without text encoders they set the latents' dtype
         call = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in call.items()}
-    cal = lc.calibrate(pipe, [dict(call, seed=11)], STEPS, num_groups=2)
+    if name != "tiny":
+        calibration_call = dict(call, seed=11)
+    cal = lc.calibrate(pipe, [calibration_call], STEPS, num_groups=2)
     return LockstepRunner(pipe), call, cal
 
 
@@ -167,6 +182,7 @@ def image_alone(pipe, call):
 @pytest.mark.parametrize("name", HUB)
 def test_hub_pipelines_stream_a_preview_every_step_in_both_lanes(name):
     runner, call, cal = hub_runner(name)
+    assert_one_set_of_weights(runner)
     events = list(runner.run(call, 0, STEPS, LayerCacheSetting(lc.plan(cal, 0.6)), 2))
     steps, final = events[:-1], events[-1]
     assert [e["step"] for e in steps] == list(range(STEPS)) and final["kind"] == "final"
@@ -182,7 +198,7 @@ def test_hub_pipelines_stream_a_preview_every_step_in_both_lanes(name):
     assert np.array_equal(final["images"]["uncached"], image_alone(runner.pipes["uncached"], call))
 
 
-@pytest.mark.parametrize("name", HUB)
+@pytest.mark.parametrize("name", HUB + ["tiny"])
 def test_bf16_every_cell_computed_is_bit_identical(name):
     """bf16 weights and latents: with every cell computed the cached lane matches the uncached one bit for bit,
     final images and every step's preview alike."""
