@@ -66,6 +66,7 @@ def test_cancel_mid_run_leaves_next_run_correct(runner, calibration):
             break
     stream.close()
     assert not is_enabled(runner.pipes["cached"].transformer)  # no hooks left attached
+    assert all("step" not in vars(pipe.scheduler) for pipe in runner.pipes.values())  # nor the velocity recorder
     again = run_all(runner, method, seed=5)[-1]
     assert np.array_equal(again["images"]["cached"], fresh["images"]["cached"])
     assert np.array_equal(again["images"]["uncached"], fresh["images"]["uncached"])
@@ -196,6 +197,7 @@ def test_hub_pipelines_stream_a_preview_every_step_in_both_lanes(name):
     assert final["metrics"]["compute_fraction"] < 0.8
     assert not np.array_equal(steps[-1]["previews"]["cached"], steps[-1]["previews"]["uncached"])
     assert np.array_equal(final["images"]["uncached"], image_alone(runner.pipes["uncached"], call))
+    assert all("step" not in vars(pipe.scheduler) for pipe in runner.pipes.values())
 
 
 @pytest.mark.parametrize("name", HUB + ["tiny"])
