@@ -200,12 +200,13 @@ def test_hub_pipelines_stream_a_preview_every_step_in_both_lanes(name):
     assert all("step" not in vars(pipe.scheduler) for pipe in runner.pipes.values())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", HUB + ["tiny"])
-def test_bf16_every_cell_computed_is_bit_identical(name):
-    """bf16 weights and latents: with every cell computed the cached lane matches the uncached one bit for bit,
-    final images and every step's preview alike."""
-    runner, call, cal = hub_runner(name, torch.bfloat16)
-    assert runner.pipes["cached"].transformer.dtype == torch.bfloat16
+def test_every_cell_computed_is_bit_identical_in_fp32_and_bf16(name, dtype):
+    """With every cell computed the cached lane matches the uncached one bit for bit, final images and every
+    step's preview alike, in fp32 and with bf16 weights and latents."""
+    runner, call, cal = hub_runner(name, dtype)
+    assert runner.pipes["cached"].transformer.dtype == dtype
     events = list(runner.run(call, 0, STEPS, LayerCacheSetting(lc.plan(cal, 1.0)), 2))
     steps, final = events[:-1], events[-1]
     assert len(steps) == STEPS and all(g["computed"] == 1.0 for e in steps for g in e["groups"])
