@@ -6,7 +6,8 @@ latent grid, with published coefficients: ComfyUI's `latent_rgb_factors` (comfy/
 FLUX.1's VAE (`Flux`), SD3's VAE (`SD3`) and Wan 2.1's VAE (`Wan21`, which ComfyUI also uses for Qwen-Image:
 Qwen-Image's VAE is Wan 2.1's with a fine-tuned decoder). They apply to the normalised latents the sampler
 works on, which is what diffusers' pipelines hand their callbacks too: (z - shift) * scale for FLUX.1 / SD3,
-(z - mean) / std for Qwen-Image. Their output lies in about [-1, 1] and is shown as (rgb + 1) / 2.
+(z - mean) / std for Qwen-Image. Their output is read as [-1, 1] and shown as (rgb + 1) / 2, clamped (as ComfyUI
+shows it).
 
 A latent space without published factors (another channel count, e.g. the tests' 4-channel random VAEs, or
 another pipeline family) falls back to its first three channels, each stretched to [0, 1] on its own range
@@ -82,7 +83,7 @@ def latent_to_rgb(grid: torch.Tensor, factors=None) -> torch.Tensor:
         bias = torch.tensor(factors[1], device=grid.device)
         rgb = torch.einsum("chw,cr->hwr", grid, weight) + bias
         return ((rgb + 1) / 2).clamp(0, 1)
-    channels = grid[[min(c, grid.shape[0] - 1) for c in range(3)]] if grid.shape[0] < 3 else grid[:3]
+    channels = grid[[min(c, grid.shape[0] - 1) for c in range(3)]]  # one channel: grey
     low = channels.amin(dim=(1, 2), keepdim=True)
     high = channels.amax(dim=(1, 2), keepdim=True)
     return ((channels - low) / (high - low).clamp_min(1e-6)).permute(1, 2, 0)
