@@ -208,6 +208,7 @@ def test_layout_fits_a_projector_and_a_phone(page, url):
             box = wide.locator(f"#{elem}").bounding_box()
             assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800 and box["x"] + box["width"] <= 1280, \
                 (elem, box)
+        wide.wait_for_selector("#heat_computed .js-plotly-plot", timeout=30_000)   # the heatmaps drawn
         wide.screenshot(path=str(ASSETS / "app_1280x800.png"))
         for _ in range(80):   # every control is reachable by keyboard: Tab gets to Run
             wide.keyboard.press("Tab")
