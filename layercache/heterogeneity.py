@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PHASES = ("all", "early", "middle", "late")
+ALIKE = 1.5   # below this ratio the sentence says the groups behave alike (a judgement, stated where it is used)
 
 
 @dataclass
@@ -22,21 +23,40 @@ class Heterogeneity:
     slope_error: np.ndarray      # (phases, G) best slope with K >= 2; NaN where the calibration has none
     ratio: float                 # least / most stable group's plain-reuse error over the whole run
 
+    def ranks(self) -> list:
+        """Groups from the most to the least stable (whole-run plain-reuse error)."""
+        return [int(g) for g in np.argsort(self.plain_error[0], kind="stable")]
+
     def table(self) -> str:
-        """A markdown table: one row per group, the whole run and the three phases."""
-        head = ("| group | blocks | " + " | ".join(f"{what} ({phase})" for what in ("velocity change", "plain error")
-                                                   for phase in PHASES) + " | best-slope error (all) |")
-        rows = [head, "|" + "---|" * (3 + 2 * len(PHASES))]
-        for g, (first, last) in enumerate(self.groups):
+        """A markdown table: one row per group, most stable first, the whole run and the three phases."""
+        head = ("| group | blocks | stability rank | " + " | ".join(
+            f"{what} ({phase})" for what in ("velocity change", "plain error") for phase in PHASES)
+            + " | best-slope error (all) |")
+        rows = [head, "|" + "---|" * (4 + 2 * len(PHASES))]
+        for rank, g in enumerate(self.ranks(), start=1):
+            first, last = self.groups[g]
             cells = [f"{self.velocity_change[p, g]:.3f}" for p in range(len(PHASES))]
-            cells += [f"{self.plain_error[p, g]:.3f}" for p in range(len(PHASES))]
-            rows.append(f"| {g} | {first}–{last} | " + " | ".join(cells) + f" | {self.slope_error[0, g]:.3f} |")
+            cells += [f"{self.plain_error[p, g]:.3f}" for p in range(len(PHASES))] + [f"{self.slope_error[0, g]:.3f}"]
+            rows.append(f"| {g} | {first}–{last} | {rank} | " + " | ".join(cells) + " |")
         return "\n".join(rows)
 
+    def sentence(self) -> str:
+        """What this model shows, in one computed sentence."""
+        order = self.ranks()
+        stable, unstable = order[0], order[-1]
+        name = {g: f"group {g} (blocks {a}–{b})" for g, (a, b) in enumerate(self.groups)}
+        if len(order) > 1 and self.ratio >= ALIKE:
+            return (f"{name[stable].capitalize()} is {self.ratio:.1f}× more stable than {name[unstable]}: plain reuse "
+                    f"errs {self.plain_error[0, stable]:.3f} there against {self.plain_error[0, unstable]:.3f}.")
+        early, middle = np.nanmean(self.velocity_change[1]), np.nanmean(self.velocity_change[2])
+        return (f"The groups behave alike (ratio {self.ratio:.2f}, below {ALIKE}): this model shows no layer-wise "
+                f"structure to exploit. What varies is the step: early steps change {early / middle:.1f}× as much "
+                f"as middle ones.")
+
     def summary(self) -> str:
-        stable, unstable = int(np.argmin(self.plain_error[0])), int(np.argmax(self.plain_error[0]))
-        return (f"heterogeneity ratio {self.ratio:.2f} (plain-reuse error of the least stable group, {unstable}, "
-                f"over the most stable, {stable}; 1 = all groups alike)")
+        stable, unstable = self.ranks()[0], self.ranks()[-1]
+        return (f"{self.sentence()} Heterogeneity ratio {self.ratio:.2f} (plain-reuse error of the least stable "
+                f"group, {unstable}, over the most stable, {stable}; 1 = all groups alike).")
 
 
 def phases(num_steps: int) -> list:

@@ -6,6 +6,7 @@ Every figure keeps one constant `layout.uirevision`, so a user's zoom survives t
 """
 
 import functools
+import warnings
 
 import numpy as np
 import plotly.graph_objects as go
@@ -66,13 +67,21 @@ def heatmaps(grids: dict, max_k: int | None = None) -> tuple:
 
 
 def velocity_figure(velocity_change: np.ndarray) -> go.Figure:
-    """Explore view: (steps, groups) velocity change of the uncached run."""
+    """Explore view: (steps, groups) velocity change of the uncached run, each step divided by its mean over the
+    groups. Raw, the first steps change several times more than the rest and every other cell looks the same;
+    per step, what shows is how the groups differ (1 = the step's average; the raw value is in the hover)."""
     grid = np.asarray(velocity_change, dtype=float)
-    fig = heatmap("velocity", grid)
-    finite = grid[np.isfinite(grid)]
-    if finite.size:   # the first steps change several times more than the rest: cap the scale so the rest shows
-        fig.update_traces(zmin=float(finite.min()), zmax=float(np.percentile(finite, 95)))
-    fig.update_layout(title="Per-group velocity change of the uncached run (colour capped at the 95th percentile)")
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)   # a step with no value yet has no mean: it stays empty
+        relative = grid / np.nanmean(grid, axis=1, keepdims=True)
+    fig = heatmap("velocity", relative)
+    finite = relative[np.isfinite(relative)]
+    spread = float(np.max(np.abs(finite - 1))) if finite.size else 0.5
+    raw = np.where(np.isfinite(grid), grid, None).T.tolist()
+    fig.update_traces(colorscale="PuOr_r", zmid=1.0, zmin=1 - spread, zmax=1 + spread, customdata=raw,
+                      hovertemplate="step %{x}, group %{y}<br>%{z:.2f}× the step's mean<br>change %{customdata:.3g}"
+                                    "<extra></extra>")
+    fig.update_layout(title=dict(text="Velocity change ÷ the step's mean over groups (colour per step; 1 = average)"))
     return fig
 
 
