@@ -120,7 +120,8 @@ def test_every_command_has_help():
 def test_explore_prints_the_heterogeneity_of_a_shipped_calibration(capsys):
     assert cli.main(["explore", "--model", "tiny", "--steps", "30", "--groups", "4"]) in (0, None)
     out = capsys.readouterr().out
-    assert "Heterogeneity ratio" in out and "behave alike" in out and "| 3 | 9–11 |" in out and "plain error (early)" in out
+    assert "Heterogeneity ratio" in out and "behave alike" in out
+    assert "| 3 | 9–11 |" in out and "plain error (early)" in out
 
 
 @pytest.mark.parametrize("argv, expected", [
