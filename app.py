@@ -19,7 +19,7 @@ import torch
 
 from layercache.heterogeneity import heterogeneity
 from layercache.methods import Uncached, app_methods
-from layercache.models.registry import MODELS, availability
+from layercache.models.registry import MODELS, availability, pipeline_call
 from layercache.models.tiny.pipeline import parse_prompt
 from layercache.planner import check_budget
 from layercache.studio import history, viz
@@ -133,7 +133,7 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
             progress(done / total, desc=desc)
 
         cached, source = bench.method(model, method, steps, groups, budget, max_k, threshold, progress=report)
-        call = {"prompt": prompt, "guidance_scale": float(guidance)}
+        call = pipeline_call(model, prompt, guidance)
         grids = viz.empty_grids(steps, groups)
         skip = [gr.skip()] * 3
         stream = runner.run(call, seed, steps, cached, groups)
@@ -185,7 +185,7 @@ def explore(model, prompt, seed, steps, groups, max_k, guidance, progress=gr.Pro
     try:
         check_inputs(model, prompt, seed, steps, 1.0, groups, max_k, "LayerCache")
         progress(0, desc="running the uncached model once")
-        cal = bench.explore(model, {"prompt": prompt, "guidance_scale": float(guidance)}, int(seed), int(steps),
+        cal = bench.explore(model, pipeline_call(model, prompt, guidance), int(seed), int(steps),
                             int(groups), int(max_k))
     except ValueError as err:
         raise gr.Error(" ".join(str(err).split())) from None
