@@ -59,6 +59,9 @@ def test_without_a_gpu_or_the_cpu_switch_hub_models_say_how(offline_hub, monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ok, reason = availability("sd35-medium")
     assert not ok and "CUDA" in reason and "LAYERCACHE_DEVICE=cpu" in reason
+    monkeypatch.setenv("LAYERCACHE_DEVICE", "gpu")
+    assert availability("sd35-medium") == (False, "LAYERCACHE_DEVICE='gpu' is not a torch device (e.g. cpu, cuda, "
+                                                  "cuda:1)")
 
 
 @pytest.fixture

@@ -84,11 +84,15 @@ def availability(key: str) -> tuple[bool, str]:
     if device is None:
         return False, (f"{entry.label} needs a CUDA GPU (and its weights from the Hugging Face Hub); none here. "
                        f"Set LAYERCACHE_DEVICE=cpu to run it on the CPU (very slow at full size)")
+    try:
+        on_cpu = torch.device(device).type == "cpu"
+    except RuntimeError:
+        return False, f"LAYERCACHE_DEVICE={device!r} is not a torch device (e.g. cpu, cuda, cuda:1)"
     cached = is_cached(entry.repo_id)
     if not cached and is_offline_mode():
         return False, missing_weights(entry)
-    where = ("on the CPU (LAYERCACHE_DEVICE=cpu, float32): slow, minutes per step at full size"
-             if torch.device(device).type == "cpu" else f"on {device} in bf16")
+    where = ("on the CPU (LAYERCACHE_DEVICE=cpu, float32): slow, minutes per step at full size" if on_cpu
+             else f"on {device} in bf16")
     source = "weights in the local Hugging Face cache" if cached else "weights download from the Hub on first use"
     return True, f"runs {where}; {source}"
 
