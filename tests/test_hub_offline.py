@@ -54,6 +54,22 @@ def test_weights_absent_and_offline_is_one_clear_message(offline_hub, tmp_path, 
         load_pipeline("qwen-image")
 
 
+def test_hub_errors_online_are_one_message_too(offline_hub, tmp_path, monkeypatch):
+    """Online, a gated repo without a token (or no network) fails inside from_pretrained with an OSError: the loader
+    passes the Hub's words on, with what to do, as ValueError (never contacting the Hub here)."""
+    import diffusers
+    import huggingface_hub.constants as hub_constants
+
+    def gated(*args, **kwargs):
+        raise OSError("401 Client Error: access to model black-forest-labs/FLUX.1-dev is restricted")
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", gated)
+    with pytest.raises(ValueError, match="restricted.*set HF_TOKEN"):
+        load_pipeline("flux-dev")
+
+
 def test_without_a_gpu_or_the_cpu_switch_hub_models_say_how(offline_hub, monkeypatch):
     monkeypatch.delenv("LAYERCACHE_DEVICE")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -115,8 +115,9 @@ def load_pipeline(key: str, device: str | None = None):
     except OSError as err:  # diffusers' "not fully cached" / huggingface_hub's HTTP and gated-repo errors
         if is_offline_mode():  # a partial snapshot: model_index.json is here, some component is not
             raise ValueError(missing_weights(entry)) from err
-        raise ValueError(f"{entry.label}: cannot load {entry.repo_id} from the Hugging Face Hub ({err}). Gated "
-                         f"models: accept the licence on huggingface.co/{entry.repo_id} and set HF_TOKEN") from err
+        raise ValueError(f"{entry.label}: cannot load {entry.repo_id} from the Hugging Face Hub ({err}). Check the "
+                         f"network; gated models: accept the licence on huggingface.co/{entry.repo_id} and set "
+                         f"HF_TOKEN") from err
     return pipe.to(device)
 
 
