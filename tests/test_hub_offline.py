@@ -9,9 +9,11 @@ import pytest
 import torch
 from hub_fixture import SAMPLE_SIZE
 
+from layercache.calibrate import Calibration
 from layercache.models.registry import MODELS, availability, load_pipeline, pipeline_call
 
 HUB = ["flux-dev", "sd35-medium", "qwen-image"]
+CONTEXTS = {"flux-dev": ["cond"], "sd35-medium": ["default"], "qwen-image": ["cond", "uncond"]}
 CLASSES = {"flux-dev": ("FluxPipeline", ["text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"]),
            "sd35-medium": ("StableDiffusion3Pipeline", ["text_encoder", "text_encoder_2", "text_encoder_3",
                                                         "tokenizer", "tokenizer_2", "tokenizer_3"]),
@@ -154,7 +156,9 @@ def test_the_app_runs_each_hub_model_calibrates_once_and_explores(app_offline, k
     outputs, progress = run_app(app_offline, key)
     assert outputs[-1][0].startswith("**Done") and outputs[-1][9].startswith("cached")
     assert len(calibrations) == 1 and not any(desc == "calibrating" for _, desc in progress.seen)
-    assert workbench.cache_dir().joinpath(f"{key}_steps{STEPS}_groups{GROUPS}.npz").is_file()
+    stored = Calibration.load(workbench.cache_dir() / f"{key}_steps{STEPS}_groups{GROUPS}.npz")
+    # the guidance reached each pipeline its own way: Qwen-Image's true CFG runs both branches, SD3's is batched
+    assert stored.meta["contexts"] == CONTEXTS[key] and stored.meta["trajectories"] == 2 * (1 + (key != "flux-dev"))
 
     velocity, stability, note = app_offline.explore(key, "a lighthouse", 5, STEPS, GROUPS, 2,
                                                     MODELS[key].default_guidance, progress=Progress())
