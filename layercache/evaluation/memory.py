@@ -4,14 +4,16 @@
 
 Every component of Qwen-Image, FLUX.1-dev and SD3.5 Medium (transformer, text encoders, VAE) is built at its
 published configuration (the values of each repo's config.json, written out below) on PyTorch's meta device:
-shapes only, no memory. Bytes are parameters and buffers at 2 bytes (bf16, the app's GPU dtype).
+shapes only, no memory. Bytes are what the checkpoint holds (parameters and persistent buffers) at 2 bytes each
+(bf16, the app's GPU dtype).
 
 The cache's bound is what LayerCache's hooks keep (`hooks.LayerCacheState`): per cache context, per group, the last
 K computed residuals of both streams, each a (batch, tokens, width) tensor in the model's dtype. `measured_cache_bytes`
 reads the same off a live run's states (a test checks one against the other).
 
 The app's peak assumes both lanes share one set of weights (the cached lane adds only the cache); activations and
-the VAE decode are estimates, stated as such. Offloading options, lightest first: diffusers' `enable_model_cpu_offload`
+the VAE decode are estimates, stated as such. Offloading options, in the order the card table tries them after
+"all resident": diffusers' `enable_model_cpu_offload`
 (one component on the GPU at a time: the transformer leaves the GPU while each lane encodes its prompt);
 `enable_sequential_cpu_offload` (weights streamed per submodule every step: little memory, many times slower). The
 peak with the text encoders off the GPU altogether (prompts encoded on the CPU, or fixed prompts encoded once and the
@@ -79,8 +81,10 @@ MODELS = {
         # CFG batched in one call with no cache context ("default"): batch 2; CLIP's 77 + T5's 256 tokens
         contexts=1, batch=2, text_tokens=77 + 256, width=24 * 64, vae_full_res_channels=(256, 128)),
 }
-CARDS = [("24 GB (RTX 4090, L4, A10G)", 24), ("48 GB (L40S, A6000)", 48), ("ZeroGPU (H200 slice, 70 GB)", 70),
-         ("80 GB (A100, H100)", 80)]
+# what each card class offers, in GiB, the smallest of the class (nvidia-smi's totals, about): A10G and L4 23 GB of
+# 24, L40S 45 of 48; ZeroGPU's "70 GB" H200 slice taken as 70e9 bytes
+CARDS = [("24 GB (RTX 4090, L4, A10G)", 22.5), ("48 GB (L40S, A6000)", 45.0),
+         ("ZeroGPU (H200 slice, 70 GB)", 70e9 / 2**30), ("80 GB (A100, H100)", 79.6)]
 CUDA_OVERHEAD = 1 * GIB  # CUDA context and allocator slack: an estimate
 
 
@@ -208,7 +212,7 @@ def run(args):
               f"{r.vae_decode / GIB:.2f} GiB, CUDA context {CUDA_OVERHEAD / GIB:.0f} GiB")
         for option, peak in r.peaks().items():
             print(f"  peak, {option:<24} {peak / GIB:7.2f} GiB")
-    print("\nwhich card runs which model in the app (the lightest option that fits):")
-    print(f"  {'card':<30}" + "".join(f"{r.key:<26}" for r in reports))
+    print("\nwhich card runs which model in the app (the first option that fits; usable GiB per card in brackets):")
+    print(f"  {'card':<37}" + "".join(f"{r.key:<26}" for r in reports))
     for label, gib in CARDS:
-        print(f"  {label:<30}" + "".join(f"{fits(r.peaks(), gib):<26}" for r in reports))
+        print(f"  {label + f' [{gib:.1f}]':<37}" + "".join(f"{fits(r.peaks(), gib):<26}" for r in reports))
