@@ -7,6 +7,7 @@ A thin Gradio layer: widgets in, runner events out. Models, calibrations and run
 labels), figures in `layercache.studio.viz`, Space metadata and defaults in `space.yaml`.
 """
 
+import functools
 import math
 import os
 import tempfile
@@ -17,12 +18,14 @@ import gradio as gr
 import numpy as np
 import torch
 
+from layercache.groups import find_blocks, model_id
 from layercache.heterogeneity import heterogeneity
-from layercache.methods import Uncached, app_methods
+from layercache.methods import LayerCacheSetting, Uncached, app_methods
 from layercache.models.registry import MODELS, availability, pipeline_call
 from layercache.models.tiny.pipeline import parse_prompt
 from layercache.planner import check_budget
-from layercache.studio import history, viz
+from layercache.predictors import PREDICTORS
+from layercache.studio import editor, history, lesson, viz
 from layercache.studio.space import defaults as space_defaults
 from layercache.studio.workbench import Workbench
 
@@ -37,11 +40,16 @@ DEFAULTS = space_defaults()
 # ZeroGPU runs each GPU call in a worker process, out of reach of stop(): there Gradio's own cancel stops it
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 METHODS = app_methods()  # label -> layercache.methods.Method
+PAINTED = "Your schedule"  # the cached lane's label when it runs the painted schedule
+METHOD_NAMES = [*METHODS, PAINTED]  # the Pareto's colours, in this order
+LESSON_INPUTS = ("model", "prompt", "seed", "steps", "guidance", "method", "budget", "groups", "max_k")
 MAX_STEPS = 200
 MAX_K = 4          # the calibrations' largest K
 BUDGET_MIN = 0.1   # the slider's lower end: every method plans at every budget from here to 1
 bench = Workbench()
 STOPPED = "**Stopped.** The next run starts clean."
+READY = ("Press **Run**: the same seed runs twice in lockstep, uncached (left) and cached (right), showing both "
+         "clean-image estimates and what the cache did per layer group, every step.")
 HISTORY_DIR = Path(tempfile.gettempdir()) / "layercache_history"   # one folder per session, for the downloads
 _stopped_at: dict = {}  # session -> time of its last Stop
 _streaming: set = set()  # sessions whose run is streaming now
@@ -56,8 +64,12 @@ extrapolated again): K = 1 is plain reuse of the last one; K ≥ 2 fits a slope 
 "JVP") and follows it. The planner picks K per group and step from the calibration.
 
 **Heatmaps** (x = step, y = group): *velocity change* is how much the group's residual moved since the previous
-step (only where it was computed); *computed/reused* shows the cache decisions (green = run, orange = reused;
+step (only where it was computed); *computed/reused* shows the cache decisions (blue = run, orange = reused;
 in-between = part of the group's blocks ran); *chosen K* is the predictor span used where a group was reused.
+The colours are colour-blind-safe: blue = run, orange = reused (Okabe-Ito); Viridis and Blues for the values.
+
+**Paint your own schedule** (under the heatmaps): start from the planner's plan, click cells to compute or reuse
+them, and run it in the cached lane; the schedule downloads as JSON, and a JSON schedule uploads.
 
 **Methods.** *LayerCache* picks the computed steps by an exact search over the calibration's error model and
 reuses every group on the others, each with its own predictor and K; *per group* lets each group run on its own
@@ -68,7 +80,8 @@ the rest when its output changed less than the threshold.
 
 **Numbers.** PSNR/SSIM compare the cached image with the uncached one (same seed). *Compute speed-up* = blocks
 run uncached / blocks run cached; *wall speed-up* = uncached lane time / cached lane time (lanes take turns, so
-both clocks are honest). The difference image is |cached − uncached| × 10.
+both clocks are honest). The difference image is |cached − uncached| × 10: black where the images agree,
+white where they differ by a tenth of the range or more.
 """
 
 
@@ -83,22 +96,29 @@ def model_choices():
             for key, entry in MODELS.items()]
 
 
-def check_inputs(model, prompt, seed, steps, budget, groups, max_k, method):
-    """Everything a user or API caller can get wrong, as one readable message (shown as gr.Error)."""
+def check_settings(model, steps, budget, groups, max_k):
+    """The settings a run and a schedule share, each with a message that says what to change."""
     if model not in MODELS:
         raise ValueError(f"model {model!r} is not on the list: {', '.join(MODELS)}")
     ok, reason = availability(model)
     if not ok:
         raise ValueError(reason)
+    for name, value, low, high in (("steps", steps, 2, MAX_STEPS), ("number of groups", groups, 1, 1000),
+                                   ("largest K", max_k, 1, 16)):
+        if value is None or not float(value).is_integer() or not low <= value <= high:
+            raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    check_budget(budget)
+
+
+def check_inputs(model, prompt, seed, steps, budget, groups, max_k, method):
+    """Everything a user or API caller can get wrong, as one readable message (shown as gr.Error)."""
+    check_settings(model, steps, budget, groups, max_k)
     if MODELS[model].bundled:
         parse_prompt(prompt)
     elif not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("prompt is empty")
-    for name, value, low, high in (("seed", seed, 0, 2**63 - 1), ("steps", steps, 2, MAX_STEPS),
-                                   ("number of groups", groups, 1, 1000), ("largest K", max_k, 1, 16)):
-        if value is None or not float(value).is_integer() or not low <= value <= high:
-            raise ValueError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
-    check_budget(budget)
+    if seed is None or not float(seed).is_integer() or not 0 <= seed <= 2**63 - 1:
+        raise ValueError(f"seed must be a whole number from 0 to {2**63 - 1}, got {seed!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of: {', '.join(METHODS)}; got {method!r}")
 
@@ -107,36 +127,74 @@ def _fmt(value, digits=3):
     return "inf" if value is not None and math.isinf(value) else None if value is None else round(value, digits)
 
 
+# what a run streams, by name (positions in the Run / "Run this schedule" outputs); see _emit
+OUTPUTS = ("status", "uncached", "cached", *(f"heat_{key}" for key in viz.HEATMAPS), "metrics_json", "diff", "slider",
+           "calibration", "metrics", "history", "pareto", "history_files", "runs")
+
+
+def _emit(**values) -> tuple:
+    """One streamed update: the named outputs change, the others are left as they are."""
+    return tuple(values.get(name, gr.skip()) for name in OUTPUTS)
+
+
+def _heatmaps(grids, max_k) -> dict:
+    return {f"heat_{key}": fig for key, fig in zip(viz.HEATMAPS, viz.heatmaps(grids, max_k))}
+
+
 @GPU(duration=DEFAULTS["gpu_duration_s"])
-def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold, clicked_at=None,
+def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold, runs=None, clicked_at=None,
         progress=gr.Progress(), request: gr.Request = None):
-    """Streams (status, uncached preview, cached preview, 3 heatmaps, metrics, difference, slider, calibration).
-    A Stop ends the stream with a "Stopped" status of its own: sent by any other event, it could be drawn
+    """Streams the two lanes (see OUTPUTS): the cached lane runs `method` planned for `budget`."""
+    def prepare(report):
+        check_inputs(model, prompt, seed, steps, budget, groups, max_k, method)
+        return bench.method(model, method, int(steps), int(groups), budget, int(max_k), threshold, progress=report)
+
+    settings = {"model": model, "steps": steps, "budget": budget, "groups": groups, "max_k": max_k}
+    yield from _stream(prepare, prompt, seed, guidance, settings, runs, clicked_at, progress, request)
+
+
+@GPU(duration=DEFAULTS["gpu_duration_s"])
+def run_schedule(schedule, model, prompt, seed, steps, guidance, groups, max_k, runs=None, clicked_at=None,
+                 progress=gr.Progress(), request: gr.Request = None):
+    """Streams the two lanes with the painted schedule (this session's editor) in the cached lane."""
+    def prepare(report):
+        check_inputs(model, prompt, seed, steps, 1.0, groups, max_k, "LayerCache")
+        if not schedule:
+            raise ValueError("there is no schedule to run yet: press “Start from the planner” first")
+        transformer = bench.runner(model).pipes["uncached"].transformer
+        fitted = editor.check_fits(schedule, model_id(transformer), len(find_blocks(transformer)), int(steps),
+                                   int(groups))
+        return LayerCacheSetting(fitted, PAINTED, budget=round(fitted.compute_fraction, 3)), None
+
+    settings = {"model": model, "steps": steps, "budget": None, "groups": groups, "max_k": max_k}
+    yield from _stream(prepare, prompt, seed, guidance, settings, runs, clicked_at, progress, request)
+
+
+def _stream(prepare, prompt, seed, guidance, settings, runs, clicked_at, progress, request):
+    """A Stop ends the stream with a "Stopped" status of its own: sent by any other event, it could be drawn
     before the last step update still in flight and be overwritten by it."""
     session = _session(request)
     started = time.monotonic() if clicked_at is None else clicked_at
-    stopped_update = (STOPPED, *[gr.skip()] * 9)
 
     def stopped():  # a Stop since the click: checked again between steps, as it may come before the run exists
         return _stopped_at.get(session, -math.inf) > started
 
     if stopped():
-        yield stopped_update  # stopped while it waited in the queue
+        yield _emit(status=STOPPED)  # stopped while it waited in the queue
         return
     _streaming.add(session)
     stream = None
     try:
-        check_inputs(model, prompt, seed, steps, budget, groups, max_k, method)
-        seed, steps, groups, max_k = int(seed), int(steps), int(groups), int(max_k)
-        runner = bench.runner(model)
         def report(done, total, desc="calibrating"):
             progress(done / total, desc=desc)
 
-        cached, source = bench.method(model, method, steps, groups, budget, max_k, threshold, progress=report)
-        call = pipeline_call(model, prompt, guidance)
+        cached, source = prepare(report)
+        source = source or "not used by this method"
+        steps, groups, max_k = int(settings["steps"]), int(settings["groups"]), int(settings["max_k"])
+        runner = bench.runner(settings["model"])
+        call = pipeline_call(settings["model"], prompt, guidance)
         grids = viz.empty_grids(steps, groups)
-        skip = [gr.skip()] * 3
-        stream = runner.run(call, seed, steps, cached, groups)
+        stream = runner.run(call, int(seed), steps, cached, groups)
         for event in stream:
             if stopped():
                 break
@@ -145,13 +203,14 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
                 t = event["elapsed_s"]
                 status = (f"**Step {event['step'] + 1}/{steps}** · σ = {event['sigma']:.3f} · "
                           f"uncached {t['uncached']:.2f} s · cached ({cached.label}) {t['cached']:.2f} s")
-                yield (status, viz.to_display(event["previews"]["uncached"]),
-                       viz.to_display(event["previews"]["cached"]), *viz.heatmaps(grids, max_k), *skip,
-                       source or "not used by this method")
+                yield _emit(status=status, uncached=viz.to_display(event["previews"]["uncached"]),
+                            cached=viz.to_display(event["previews"]["cached"]), calibration=source,
+                            **_heatmaps(grids, max_k))
             else:
-                yield final_outputs(event, grids, max_k, source)
+                yield _emit(**final_outputs(event, grids, max_k, source),
+                            **_history(runs, event, settings, session))
                 return
-        yield stopped_update
+        yield _emit(status=STOPPED)
     except ValueError as err:
         raise gr.Error(" ".join(str(err).split())) from None
     finally:
@@ -164,20 +223,39 @@ def _session(request) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
-def final_outputs(event, grids, max_k, source):
-    m, t, images = event["metrics"], event["elapsed_s"], event["images"]
+def figures(event) -> dict:
+    """A final event's metrics, rounded for display and the history."""
+    m, t = event["metrics"], event["elapsed_s"]
     metrics = {"method": event["method"], "psnr_db": _fmt(m["psnr"], 2), "ssim": _fmt(m["ssim"], 4),
                "lpips": _fmt(m["lpips"], 4), "wall_speedup": _fmt(m["wall_speedup"], 2),
                "compute_speedup": _fmt(m["compute_speedup"], 2), "compute_fraction": _fmt(m["compute_fraction"]),
                "time_uncached_s": _fmt(t["uncached"], 2), "time_cached_s": _fmt(t["cached"], 2)}
     if m["lpips"] is None:
         metrics["lpips_note"] = m["lpips_reason"]
+    return metrics
+
+
+def final_outputs(event, grids, max_k, source) -> dict:
+    metrics, images = figures(event), event["images"]
     status = (f"**Done: {event['num_steps']} steps.** PSNR {metrics['psnr_db']} dB · SSIM {metrics['ssim']} · "
               f"speed-up {metrics['wall_speedup']}× wall, {metrics['compute_speedup']}× compute")
     before, after = viz.to_display(images["uncached"]), viz.to_display(images["cached"])
     diff = viz.to_display(viz.difference_image(images["cached"], images["uncached"]))
-    return (status, before, after, *viz.heatmaps(grids, max_k), metrics, diff, (before, after),
-            source or "not used by this method")
+    return dict(status=status, uncached=before, cached=after, **_heatmaps(grids, max_k), metrics_json=metrics,
+                diff=diff, slider=(before, after), calibration=source, metrics=viz.readout(metrics))
+
+
+def _history(runs, event, settings, session) -> dict:
+    """The finished run's row in this session's history (gr.State: never shared), the Pareto and the exports."""
+    metrics = figures(event)
+    row_settings = {**settings, "steps": int(settings["steps"]), "groups": int(settings["groups"]),
+                    "max_k": int(settings["max_k"]),
+                    "budget": metrics["compute_fraction"] if settings["budget"] is None else float(settings["budget"])}
+    rows = history.add_run(runs or [], metrics, row_settings)
+    exports = history.write_exports(rows, HISTORY_DIR / session) if rows else None
+    background = history.benchmark_records(settings["model"], row_settings["steps"])
+    return dict(runs=rows, history=history.table(rows), pareto=history.pareto(rows, background, METHOD_NAMES),
+                history_files=exports)
 
 
 @GPU(duration=DEFAULTS["gpu_duration_s"])
@@ -202,14 +280,67 @@ def stop(request: gr.Request = None):
         bench.cancel_all()  # runs go one at a time (concurrency_id "device"): the active one is this session's
 
 
-def record_run(rows, metrics, model, method, steps, budget, groups, max_k, request: gr.Request = None):
-    """After a run: its row in this session's history (gr.State: never shared), the Pareto and the exports."""
-    settings = {"model": model, "method": method, "steps": int(steps), "budget": float(budget),
-                "groups": int(groups), "max_k": int(max_k)}
-    rows = history.add_run(rows or [], metrics, settings)
-    exports = history.write_exports(rows, HISTORY_DIR / _session(request)) if rows else None
-    background = history.benchmark_records(model, int(steps))
-    return rows, history.table(rows), history.pareto(rows, background, list(METHODS)), exports
+# --- paint your own schedule (layercache/studio/editor.py): every edit is checked there; a bad one changes nothing
+
+def _schedule_updates(schedule, request, note=None) -> tuple:
+    """(schedule state, map, note, download) for a new schedule."""
+    path = editor.write(schedule, HISTORY_DIR / _session(request))
+    return schedule, editor.table(schedule), note or editor.summary(schedule), path
+
+
+def _refused(err) -> tuple:
+    message = " ".join(str(err).split())
+    return gr.skip(), gr.skip(), f"⚠️ **Not changed:** {message}", gr.skip()
+
+
+def paint(schedule, scope, predictor, k, evt: gr.SelectData, request: gr.Request = None):
+    """A click on the map: toggles the cell (or its whole step) between computed and reused."""
+    row, column = evt.index
+    if column == 0:
+        return _refused("click a step's cell, right of the group names")
+    try:
+        return _schedule_updates(editor.toggle(schedule, int(column) - 1, int(row), scope == "whole step",
+                                               predictor, int(k)), request)
+    except ValueError as err:
+        return _refused(err)
+
+
+def compute_every_cell(schedule, request: gr.Request = None):
+    try:
+        return _schedule_updates(editor.compute_all(schedule), request)
+    except ValueError as err:
+        return _refused(err)
+
+
+@GPU(duration=DEFAULTS["gpu_duration_s"])
+def planner_schedule(model, steps, budget, groups, max_k, progress=gr.Progress(), request: gr.Request = None):
+    """What LayerCache would run at the current settings, to paint on."""
+    try:
+        check_settings(model, steps, budget, groups, max_k)
+        cache, _ = bench.method(model, "LayerCache", int(steps), int(groups), budget, int(max_k),
+                                progress=lambda done, total, desc="calibrating": progress(done / total, desc=desc))
+    except ValueError as err:
+        return _refused(err)
+    return _schedule_updates(cache.schedule.to_json(), request)
+
+
+def upload_schedule(path, schedule, model, steps, groups, request: gr.Request = None):
+    """An uploaded schedule replaces the map only if it is valid and fits the model, step count and groups."""
+    try:
+        check_settings(model, steps, 1.0, groups, 1)
+        uploaded = editor.load_upload(path)
+        transformer = bench.runner(model).pipes["uncached"].transformer
+        editor.check_fits(uploaded, model_id(transformer), len(find_blocks(transformer)), int(steps), int(groups))
+    except ValueError as err:
+        return _refused(err)
+    return _schedule_updates(uploaded, request, "Uploaded. " + editor.summary(uploaded))
+
+
+def lesson_step(index):
+    """A lesson button: sets the inputs for its step and opens its tab."""
+    step = lesson.LESSON[index]
+    values = [step.settings.get(name, gr.skip()) for name in LESSON_INPUTS]
+    return (*values, gr.Tabs(selected=step.tab))
 
 
 def on_model(model):
@@ -224,7 +355,7 @@ def ideal_speedup(budget):
         b = check_budget(budget)
     except ValueError as err:
         return f"⚠️ {err}"
-    return f"Ideal speed-up at this budget: **{1 / b:.2f}×** (runs {b:.0%} of the block compute)"
+    return f"Ideal speed-up **{1 / b:.2f}×** (runs {b:.0%} of the blocks)"
 
 
 def on_method(method):
@@ -243,90 +374,151 @@ def describe_calibration(model, steps, groups):
             "to calibrate": f"none yet: calibrated on first Run (a few seconds), then kept at {path}"}[source]
 
 
-def build_demo() -> gr.Blocks:
+def build_demo(queue_size: int | None = None) -> gr.Blocks:
     d = DEFAULTS
     steps0, groups0 = d["steps"], d["groups"]
     with gr.Blocks(title="LayerCache") as demo:
-        gr.Markdown("# LayerCache — layer-wise caching, live\nThe same seed runs twice in lockstep: uncached "
-                    "(left) and cached (right). Every step shows both clean-image estimates and, per layer group, "
-                    "what the cache did.")
-        with gr.Accordion("How to read this", open=False):
-            gr.Markdown(HOW_TO_READ)
-        with gr.Tab("Compare"), gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                model = gr.Dropdown(model_choices(), value=d["model"], label="Model")
-                model_note = gr.Markdown(on_model(d["model"])[0])
-                prompt = gr.Textbox(d["prompt"], label="Prompt", placeholder=MODELS[d["model"]].prompt_hint)
-                with gr.Row():
-                    seed = gr.Number(d["seed"], label="Seed", precision=0, minimum=0)
-                    steps = gr.Slider(2, MAX_STEPS, d["steps"], step=1, label="Steps", elem_id="steps")
-                guidance = gr.Slider(1.0, 10.0, d["guidance"], step=0.5, label="Guidance")
-                method = gr.Dropdown(list(METHODS), value=d["method"], label="Cached lane's method")
-                budget = gr.Slider(BUDGET_MIN, 1.0, d["budget"], step=0.01,
-                                   label="Compute budget (fraction of blocks run)")
-                speedup = gr.Markdown(ideal_speedup(d["budget"]))
-                threshold = gr.Slider(0.0, 0.5, d["fbc_threshold"], step=0.01, visible=False,
-                                      label="FirstBlockCache threshold (skip when the first block changes less)")
-                with gr.Row():
-                    groups = gr.Slider(1, 12, groups0, step=1, label="Groups")
-                    max_k = gr.Slider(1, MAX_K, d["max_k"], step=1, label="Largest K")
-                calibration = gr.Textbox(describe_calibration(d["model"], steps0, groups0), label="Calibration in use",
-                                         interactive=False, lines=2)
-                with gr.Row():
-                    run_btn = gr.Button("Run", variant="primary", elem_id="run")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            with gr.Column(scale=2):
-                status = gr.Markdown("Press **Run**.", elem_id="status")
-                with gr.Row():
-                    uncached = gr.Image(label="Uncached (x₀ estimate)", format="png", height=256, elem_id="uncached",
-                                        interactive=False)
-                    cached = gr.Image(label="Cached (x₀ estimate)", format="png", height=256, elem_id="cached",
-                                      interactive=False)
-                with gr.Row():
-                    first = viz.heatmaps(viz.empty_grids(steps0, groups0), d["max_k"])
-                    plots = [gr.Plot(fig, show_label=False, elem_id=f"heat_{key}")
-                             for fig, key in zip(first, viz.HEATMAPS)]
-                with gr.Row():
-                    metrics = gr.JSON(label="Metrics vs the uncached image", elem_id="metrics")
-                    diff = gr.Image(label="Difference ×10", format="png", height=256, interactive=False)
-                    slider = gr.ImageSlider(label="Before / after", format="png", max_height=256)
-                with gr.Row():
+        gr.Markdown("## LayerCache — layer-wise caching, live <small>· new here? open the **Lesson** tab</small>")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Compare", id="compare"), gr.Row():
+                with gr.Column(scale=1, min_width=300):
+                    model = gr.Dropdown(model_choices(), value=d["model"], label="Model", elem_id="model-box")
+                    with gr.Row():
+                        prompt = gr.Textbox(d["prompt"], label="Prompt", placeholder=MODELS[d["model"]].prompt_hint,
+                                            scale=2, min_width=120)
+                        seed = gr.Number(d["seed"], label="Seed", precision=0, minimum=0, scale=1, min_width=80)
+                    with gr.Row():
+                        steps = gr.Slider(2, MAX_STEPS, d["steps"], step=1, label="Steps", elem_id="steps",
+                                          min_width=140)
+                        guidance = gr.Slider(1.0, 10.0, d["guidance"], step=0.5, label="Guidance", min_width=140)
+                    method = gr.Dropdown(list(METHODS), value=d["method"], label="Cached lane's method",
+                                         elem_id="method")
+                    budget = gr.Slider(BUDGET_MIN, 1.0, d["budget"], step=0.01, elem_id="budget",
+                                       label="Compute budget (fraction of blocks run)")
+                    speedup = gr.Markdown(ideal_speedup(d["budget"]))
+                    threshold = gr.Slider(0.0, 0.5, d["fbc_threshold"], step=0.01, visible=False,
+                                          label="FirstBlockCache threshold (skip when the first block changes less)")
+                    with gr.Row():
+                        groups = gr.Slider(1, 12, groups0, step=1, label="Groups", elem_id="groups", min_width=140)
+                        max_k = gr.Slider(1, MAX_K, d["max_k"], step=1, label="Largest K", elem_id="max_k",
+                                          min_width=140)
+                    with gr.Row():
+                        run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                    with gr.Accordion("Model and calibration", open=False):
+                        model_note = gr.Markdown(on_model(d["model"])[0])
+                        calibration = gr.Textbox(describe_calibration(d["model"], steps0, groups0),
+                                                 label="Calibration in use", interactive=False, lines=2)
+                with gr.Column(scale=2):
+                    status = gr.Markdown(READY, elem_id="status")
+                    with gr.Row():
+                        uncached = gr.Image(label="Uncached (x₀ estimate)", format="png", height=256,
+                                            elem_id="uncached", interactive=False)
+                        cached = gr.Image(label="Cached (x₀ estimate)", format="png", height=256, elem_id="cached",
+                                          interactive=False)
+                    with gr.Row():
+                        first = viz.heatmaps(viz.empty_grids(steps0, groups0), d["max_k"])
+                        plots = [gr.Plot(fig, show_label=False, elem_id=f"heat_{key}")
+                                 for fig, key in zip(first, viz.HEATMAPS)]
+                    with gr.Row():
+                        with gr.Column(min_width=300):
+                            metrics = gr.Markdown(viz.readout(None), elem_id="metrics")
+                        diff = gr.Image(label=f"Difference: |cached − uncached| × {viz.DIFFERENCE_GAIN:g} (black = "
+                                        f"equal, white = off by ≥ {1 / viz.DIFFERENCE_GAIN:g})", format="png",
+                                        height=256, interactive=False, elem_id="difference")
+                        slider = gr.ImageSlider(label="Before / after", format="png", max_height=256)
+                    with gr.Accordion("All figures (JSON)", open=False):
+                        metrics_json = gr.JSON(label="Metrics vs the uncached image", elem_id="metrics-json")
+                    with gr.Accordion("Paint your own schedule", open=False, elem_id="schedule-accordion"):
+                        gr.Markdown("Rows are groups, columns are steps. **Click a cell** to switch it between "
+                                    "computed (**run**, blue) and reused (orange: the predictor and K below; K1 = "
+                                    "plain reuse, K2+ = the JVP slope). Then **Run this schedule** runs it in the "
+                                    "cached lane.")
+                        with gr.Row():
+                            from_planner = gr.Button("Start from the planner (current settings)",
+                                                     elem_id="schedule-from-planner")
+                            all_computed = gr.Button("Compute every cell", elem_id="schedule-all")
+                            upload = gr.UploadButton("Upload a schedule (JSON)", file_types=[".json"],
+                                                     elem_id="schedule-upload")
+                        with gr.Row():
+                            scope = gr.Radio(["cell", "whole step"], value="cell", label="A click toggles",
+                                             elem_id="paint-scope")
+                            predictor = gr.Radio(list(PREDICTORS), value="slope", label="Reused cells predict with",
+                                                 elem_id="paint-predictor")
+                            paint_k = gr.Slider(1, MAX_K, 2, step=1, label="K of reused cells", elem_id="paint-k")
+                        editor_note = gr.Markdown(editor.summary(None), elem_id="schedule-note")
+                        editor_map = gr.Dataframe(editor.table(None), interactive=False, elem_id="schedule-editor",
+                                                  max_height=260)
+                        with gr.Row():
+                            run_painted = gr.Button("Run this schedule", variant="primary", elem_id="run-schedule")
+                            schedule_file = gr.File(label="Download this schedule", interactive=False,
+                                                    elem_id="schedule-file")
                     pareto_plot = gr.Plot(history.pareto([]), show_label=False, elem_id="pareto")
-                with gr.Accordion("Run history (this session only)", open=True):
-                    history_table = gr.Dataframe(headers=list(history.COLUMNS), value=[], interactive=False,
-                                                 elem_id="history", wrap=True)
-                    history_files = gr.File(label="Download the history (CSV, JSON)", file_count="multiple",
-                                            interactive=False, elem_id="history-files")
-        with gr.Tab("Explore: layer-wise heterogeneity"):
-            gr.Markdown("Runs the **uncached** model once on the prompt and seed above and records every group's "
-                        "residual: how much each group changes per step, and how well a K-step slope predicts it.")
-            explore_btn = gr.Button("Explore", elem_id="explore")
-            with gr.Row():
-                velocity_plot = gr.Plot(viz.velocity_figure(np.full((steps0, groups0), np.nan)), show_label=False)
-                stability_plot = gr.Plot(viz.stability_figure(None), show_label=False)
-            explore_note = gr.Markdown()
+                    with gr.Accordion("Run history (this session only)", open=True):
+                        history_table = gr.Dataframe(headers=list(history.COLUMNS), value=[], interactive=False,
+                                                     elem_id="history")
+                        history_files = gr.File(label="Download the history (CSV, JSON)", file_count="multiple",
+                                                interactive=False, elem_id="history-files")
+            with gr.Tab("Explore: layer-wise heterogeneity", id="explore"):
+                gr.Markdown("Runs the **uncached** model once on the prompt and seed of the Compare tab and records "
+                            "every group's residual: how much each group changes per step, and how well a K-step "
+                            "slope predicts it.")
+                explore_btn = gr.Button("Explore", elem_id="explore")
+                with gr.Row():
+                    velocity_plot = gr.Plot(viz.velocity_figure(np.full((steps0, groups0), np.nan)), show_label=False)
+                    stability_plot = gr.Plot(viz.stability_figure(None), show_label=False)
+                explore_note = gr.Markdown()
+            with gr.Tab("Lesson", id="lesson", elem_id="lesson"):
+                gr.Markdown("Six steps for a class. Each button sets the inputs and opens the tab to use.")
+                lesson_buttons = []
+                for i, step in enumerate(lesson.LESSON):
+                    with gr.Group():
+                        gr.Markdown(f"**{step.title}** — {step.text}\n\n*Look at:* {step.look}")
+                        lesson_buttons.append(gr.Button(f"Set up step {i + 1}", size="sm", elem_id=f"lesson-{i + 1}"))
+            with gr.Tab("How to read this", id="help"):
+                gr.Markdown(HOW_TO_READ)
 
+        runs, schedule, clicked_at = gr.State([]), gr.State(None), gr.State()
+        components = dict(status=status, uncached=uncached, cached=cached, metrics_json=metrics_json, diff=diff,
+                          slider=slider, calibration=calibration, metrics=metrics, history=history_table,
+                          pareto=pareto_plot, history_files=history_files, runs=runs,
+                          **{f"heat_{key}": plot for key, plot in zip(viz.HEATMAPS, plots)})
+        outputs = [components[name] for name in OUTPUTS]
         inputs = [model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold]
-        outputs = [status, uncached, cached, *plots, metrics, diff, slider, calibration]
-        clicked_at = gr.State()
-        runs = gr.State([])
         run_event = run_btn.click(time.monotonic, None, clicked_at, queue=False, api_visibility="private").then(
-            run, [*inputs, clicked_at], outputs, api_name="run", concurrency_id="device", show_progress_on=[status])
-        run_event.success(record_run, [runs, metrics, model, method, steps, budget, groups, max_k],
-                          [runs, history_table, pareto_plot, history_files], api_visibility="private", queue=False)
+            run, [*inputs, runs, clicked_at], outputs, api_name="run", concurrency_id="device",
+            show_progress_on=[status])
+        painted_event = run_painted.click(time.monotonic, None, clicked_at, queue=False, api_visibility="private").then(
+            run_schedule, [schedule, model, prompt, seed, steps, guidance, groups, max_k, runs, clicked_at], outputs,
+            api_name="run_schedule", concurrency_id="device", show_progress_on=[status])
         explore_event = explore_btn.click(explore, [model, prompt, seed, steps, groups, max_k, guidance],
                                           [velocity_plot, stability_plot, explore_note], api_name="explore",
                                           concurrency_id="device", show_progress_on=[explore_note])
         # not queued: a Stop must get through a full queue and land before a Run clicked right after it
-        stop_btn.click(stop, None, None, cancels=[explore_event, *([run_event] if ZERO_GPU else [])], queue=False,
-                       api_name="stop")
+        stop_btn.click(stop, None, None, cancels=[explore_event, *([run_event, painted_event] if ZERO_GPU else [])],
+                       queue=False, api_name="stop")
+
+        editing = [schedule, editor_map, editor_note, schedule_file]
+        editor_map.select(paint, [schedule, scope, predictor, paint_k], editing, api_visibility="private",
+                          queue=False)
+        all_computed.click(compute_every_cell, schedule, editing, api_visibility="private", queue=False)
+        from_planner.click(planner_schedule, [model, steps, budget, groups, max_k], editing, api_name="plan",
+                           concurrency_id="device", show_progress_on=[editor_note])
+        upload.upload(upload_schedule, [upload, schedule, model, steps, groups], editing, api_visibility="private")
+
+        named = dict(model=model, prompt=prompt, seed=seed, steps=steps, guidance=guidance, method=method,
+                     budget=budget, groups=groups, max_k=max_k)
+        for i, button in enumerate(lesson_buttons):
+            button.click(functools.partial(lesson_step, i), None, [*(named[n] for n in LESSON_INPUTS), tabs],
+                         api_visibility="private", queue=False)
+
         model.change(on_model, model, [model_note, steps, guidance], api_visibility="private")
         budget.change(ideal_speedup, budget, speedup, api_visibility="private", queue=False)
         method.change(on_method, method, [threshold, budget, max_k], api_visibility="private", queue=False)
         for trigger in (model, steps, groups):
             trigger.change(describe_calibration, [model, steps, groups], calibration, api_visibility="private",
                            queue=False)
-    demo.queue(default_concurrency_limit=1, max_size=d["queue_size"])
+    demo.queue(default_concurrency_limit=1, max_size=queue_size or d["queue_size"])
     return demo
 
 

@@ -180,6 +180,19 @@ def gpu_cost_model(args):
     run(args)
 
 
+@command("what the app's live preview of a latent model costs against one transformer step at 1024 x 1024, on "
+         "this machine (preview measured; step estimated from one real-width block of each kind, scaled by FLOPs)",
+         arg("--grid", type=int, default=None, help="image grid the blocks are timed at (default: 16 on the CPU, "
+                                                    "64 = 1024 px on CUDA)"),
+         arg("--repeats", type=int, default=20, help="preview timings (default: %(default)s)"),
+         arg("--step-repeats", type=int, default=3, help="block timings (default: %(default)s)"),
+         arg("--threads", type=int, default=1, help="torch threads on the CPU (default: %(default)s, as the app)"))
+def preview_cost(args):
+    from .evaluation.preview_cost import run
+
+    run(args)
+
+
 @command("GPU memory per hub model without a download (components built on the meta device, bf16): bytes per "
          "component, the cache's bound, the app's peak per offloading option, and which card runs which model",
          arg("--groups", type=int, default=4, help="(default: %(default)s)"),

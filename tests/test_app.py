@@ -1,12 +1,15 @@
 """The Gradio app through a real in-process server and gradio_client: streaming, metrics, bad input, Stop,
 and space.yaml as the one source of the Space metadata."""
 
+import json
 import math
 import os
 from pathlib import Path
 
 import pytest
 import yaml
+
+from layercache.schedule import Schedule
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -202,3 +205,84 @@ def test_every_budget_the_slider_offers_plans_for_every_method(steps, tmp_path, 
                     assert schedule.num_steps == steps
                     assert schedule.compute_fraction <= max(budget + 0.5 / steps, 1 / steps) + 1e-9
                     assert schedule.max_k <= max_k or not app.METHODS[method].uses_k
+
+
+def test_results_are_labelled_figures_and_the_history_comes_with_the_run(client):
+    outputs, _ = run(client, *GOOD)
+    readout, history_rows = outputs[-1][10], outputs[-1][11]
+    for words in ("PSNR", "SSIM", "Compute speed-up", "Wall speed-up", "what it means", "LPIPS"):
+        assert words in readout
+    assert f"**{outputs[-1][6]['psnr_db']} dB**" in readout
+    assert history_rows["data"][-1][:3] == ["tiny", "LayerCache", STEPS]
+
+
+def test_a_painted_schedule_runs_in_the_cached_lane(client):
+    """/plan puts the planner's schedule in this session's editor; /run_schedule runs what the editor holds."""
+    painter = gradio_client.Client(client.src, verbose=False, download_files=False)
+    with pytest.raises(gradio_client.exceptions.AppError, match="no schedule"):
+        painter.predict(*GOOD[:5], GOOD[6], GOOD[7], api_name="/run_schedule")   # nothing painted yet
+    _, note, path = painter.predict("tiny", STEPS, 0.5, 3, 3, api_name="/plan")
+    planned = json.loads(Path(path["path"]).read_text())   # the download, written on this machine
+    assert "runs **" in note and planned["num_steps"] == STEPS
+    outputs = list(painter.submit(*GOOD[:5], 3, 3, api_name="/run_schedule"))
+    metrics = outputs[-1][6]
+    assert outputs[-1][0].startswith("**Done") and metrics["method"] == "Your schedule"
+    assert metrics["compute_fraction"] == pytest.approx(Schedule.from_json(planned).compute_fraction, abs=1e-3)
+    with pytest.raises(gradio_client.exceptions.AppError, match="Groups to 3"):   # painted for 3 groups, not 4
+        painter.predict(*GOOD[:5], 4, 3, api_name="/run_schedule")
+
+
+CLIENTS = 8
+
+
+def test_a_room_of_clients_each_sees_its_own_stream_history_and_stop(client):
+    """8 sessions submit at once: each stream carries its own steps, each history only its own runs; the queue
+    position is reported while waiting; one session's Stop, once its run streams, ends only that run."""
+    import threading
+
+    clients = [gradio_client.Client(client.src, verbose=False, download_files=False) for _ in range(CLIENTS)]
+    stopper = 3   # this session runs longer and stops itself after its first step
+    jobs = [c.submit("tiny", "seven", 100 + i, 30 if i == stopper else STEPS, *GOOD[4:], api_name="/run")
+            for i, c in enumerate(clients)]
+    ranks, results = [], {}
+
+    def collect(i):
+        results[i] = []
+        for out in jobs[i]:
+            results[i].append(out)
+            if i == stopper and len(results[i]) == 1:
+                clients[i].predict(api_name="/stop")
+
+    threads = [threading.Thread(target=collect, args=(i,)) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):   # the queue position the UI shows comes from these
+        ranks.extend(job.status().rank or 0 for job in jobs)
+    assert max(ranks) >= 1   # some run waited in the queue and was told its place
+    stopped = results.pop(stopper)
+    assert stopped[-1][0].startswith("**Stopped") and len(stopped) < 30
+    for i, outputs in results.items():
+        assert outputs[-1][0].startswith("**Done"), i
+        assert sum(out[0].startswith("**Step ") for out in outputs) == STEPS
+        assert len(outputs[-1][11]["data"]) == 1   # its own run only
+    again = list(clients[0].submit("tiny", "seven", 7, STEPS, *GOOD[4:], api_name="/run"))
+    assert len(again[-1][11]["data"]) == 2   # this session's two runs, none of the others'
+
+
+def test_a_full_queue_says_so(tmp_path):
+    import app
+
+    demo = app.build_demo(queue_size=1)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        clients = [gradio_client.Client(demo.local_url, verbose=False, download_files=False) for _ in range(4)]
+        jobs = [c.submit("tiny", "seven", 0, 30, *GOOD[4:], api_name="/run") for c in clients]
+        errors = []
+        for job in jobs:
+            try:
+                list(job)
+            except Exception as err:   # noqa: BLE001 - the client raises what the server said
+                errors.append(str(err))
+        assert errors and all("queue is full" in e.lower() for e in errors), errors
+    finally:
+        demo.close()

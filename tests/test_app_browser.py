@@ -1,6 +1,9 @@
-"""The app in headless Chromium: Run streams previews and heatmaps, Stop stops, and a screenshot is kept
-at assets/app_screenshot.png. Needs Debian's chromium (`apt-get install -y chromium chromium-driver`) and
-`pip install playwright` (never `playwright install`: the system browser is used)."""
+"""The app in headless Chromium: Run streams previews and heatmaps, Stop stops, the history and Pareto fill in,
+a painted schedule runs, a lesson button sets the inputs, and the layout fits a projector (1280x800: inputs, Run
+and both images without scrolling) and a phone (390 px: one column). Screenshots are kept at
+assets/app_screenshot.png (after a run), assets/app_1280x800.png and assets/app_390.png. Needs Debian's chromium
+(`apt-get install -y chromium chromium-driver`) and `pip install playwright` (never `playwright install`: the system
+browser is used)."""
 
 import os
 from pathlib import Path
@@ -10,7 +13,8 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync"]
-SCREENSHOT = Path(__file__).resolve().parents[1] / "assets" / "app_screenshot.png"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SCREENSHOT = ASSETS / "app_screenshot.png"
 STEPS = 12
 
 if not Path(CHROMIUM).exists():
@@ -91,7 +95,8 @@ def test_run_streams_previews_and_heatmaps(page):
     groups = int(page.evaluate("document.querySelector('#heat_computed .js-plotly-plot').data[0].z.length"))
     assert heat_values(page, "computed") == STEPS * groups
     assert heat_values(page, "velocity") > 0 and heat_values(page, "k") > 0
-    assert "psnr_db" in page.locator("#metrics").inner_text()
+    readout = page.locator("#metrics").inner_text()
+    assert "PSNR" in readout and "what it means" in readout and "dB" in readout
     page.wait_for_function(f"{HISTORY_ROWS} === 1", timeout=20_000)   # the run is in this session's history
     assert page.evaluate(PARETO_POINTS) == 1
     page.wait_for_timeout(500)  # let the last images paint
@@ -129,3 +134,87 @@ def test_history_is_per_session(page, url):
         assert page.evaluate(HISTORY_ROWS) == 2   # the first visitor's runs are still there
     finally:
         visitor.close()
+
+
+def cell_texts(page):
+    return page.evaluate("() => [...document.querySelectorAll('#schedule-editor tbody tr')].map("
+                         "r => [...r.querySelectorAll('td')].map(td => td.innerText.trim()))")
+
+
+def note(page):
+    return page.locator("#schedule-note").inner_text()
+
+
+def test_paint_a_schedule_and_run_it(page, tmp_path):
+    page.get_by_text("Paint your own schedule").click()
+    page.click("#schedule-from-planner")
+    page.wait_for_function("document.querySelector('#schedule-note').innerText.includes('This schedule runs')",
+                           timeout=60_000)
+    planned = note(page)
+    rows = cell_texts(page)
+    assert len(rows) == 4 and len(rows[0]) == STEPS + 1   # groups x (name + steps)
+    step = next(s for s in range(2, STEPS + 1) if rows[1][s] == "run")   # a computed cell of group 1
+    page.locator("#schedule-editor tbody tr").nth(1).locator("td").nth(step).click()
+    page.wait_for_function(f"document.querySelector('#schedule-note').innerText !== {planned!r}", timeout=20_000)
+    assert "painted" in note(page) and cell_texts(page)[1][step] == "K2"   # reused now, slope over 2 steps
+    fraction = float(note(page).split("runs ")[1].split("%")[0]) / 100
+    before = page.evaluate(HISTORY_ROWS)
+    page.click("#run-schedule")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Done')", timeout=120_000)
+    page.wait_for_function(f"{HISTORY_ROWS} === {before + 1}", timeout=20_000)
+    assert "Your schedule" in page.locator("#metrics").inner_text()
+    shown = page.locator("#metrics").inner_text().split("Compute speed-up")[1].split("×")[0]
+    assert float(shown.strip()) == pytest.approx(1 / fraction, rel=0.02)   # the run computed what was painted
+    assert ".json" in page.locator("#schedule-file").inner_text()   # the schedule to download
+
+    bad = tmp_path / "schedule.json"
+    bad.write_text('{"format": "layercache.schedule", "version": 1}')
+    painted = cell_texts(page)
+    with page.expect_file_chooser() as chooser:
+        page.click("#schedule-upload")
+    chooser.value.set_files(str(bad))
+    page.wait_for_function("document.querySelector('#schedule-note').innerText.includes('Not changed')",
+                           timeout=20_000)
+    assert "missing the field" in note(page) and cell_texts(page) == painted
+
+
+def test_a_lesson_button_sets_the_inputs(page):
+    page.get_by_role("tab", name="Lesson").click()
+    page.click("#lesson-2")   # push the budget until it breaks
+    page.wait_for_function("document.querySelector('#budget input[type=number]').value === '0.35'", timeout=20_000)
+    assert page.locator("#run").is_visible()   # back on the Compare tab
+    assert page.locator("#steps input[type=number]").input_value() == "30"
+    page.get_by_role("tab", name="Lesson").click()
+    page.click("#lesson-5")   # explore
+    page.wait_for_selector("#explore", state="visible", timeout=20_000)
+
+
+def test_layout_fits_a_projector_and_a_phone(url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            wide = browser.new_page(viewport={"width": 1280, "height": 800})
+            wide.goto(url)
+            wide.wait_for_selector("#run", timeout=60_000)
+            for elem in ("model-box", "steps", "budget", "method", "groups", "max_k", "run", "uncached", "cached"):
+                box = wide.locator(f"#{elem}").bounding_box()
+                assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800 and box["x"] + box["width"] <= 1280, \
+                    (elem, box)
+            wide.screenshot(path=str(ASSETS / "app_1280x800.png"))
+            for _ in range(80):   # every control is reachable by keyboard: Tab gets to Run
+                wide.keyboard.press("Tab")
+                if wide.evaluate("!!document.activeElement.closest('#run')"):
+                    break
+            else:
+                raise AssertionError("Tab never reached the Run button")
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.goto(url)
+            phone.wait_for_selector("#run", timeout=60_000)
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390   # one column, nothing off the side
+            for elem in ("steps", "budget", "run", "uncached", "cached", "heat_computed", "metrics", "pareto"):
+                box = phone.locator(f"#{elem}").bounding_box()
+                assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (elem, box)
+            phone.screenshot(path=str(ASSETS / "app_390.png"), full_page=True)
+        finally:
+            browser.close()

@@ -5,6 +5,7 @@ loader and the app's own `run` / `explore`."""
 import importlib
 import math
 
+import numpy as np
 import pytest
 import torch
 from hub_fixture import SAMPLE_SIZE
@@ -120,12 +121,13 @@ class Progress:
 STEPS, GROUPS = 4, 2
 
 
-def run_app(app, key, calibrate_counter=None):
+def run_app(app, key):
+    """The app's `run` generator, called as Gradio calls it; each update as {output name: value}."""
     progress = Progress()
     # model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold
-    outputs = list(app.run(key, "a red fox", 3, STEPS, MODELS[key].default_guidance, 0.5, GROUPS, 2, "LayerCache",
-                           0.1, progress=progress))
-    return outputs, progress
+    updates = app.run(key, "a red fox", 3, STEPS, MODELS[key].default_guidance, 0.5, GROUPS, 2, "LayerCache", 0.1,
+                      progress=progress)
+    return [dict(zip(app.OUTPUTS, update)) for update in updates], progress
 
 
 @pytest.mark.parametrize("key", HUB)
@@ -133,32 +135,33 @@ def test_the_app_runs_each_hub_model_calibrates_once_and_explores(app_offline, k
     from layercache.studio import workbench
 
     calibrate_module = importlib.import_module("layercache.calibrate")  # the package's `calibrate` is the function
-
     calibrations, real = [], calibrate_module.calibrate
     monkeypatch.setattr(calibrate_module, "calibrate", lambda *a, **k: calibrations.append(a) or real(*a, **k))
 
     outputs, progress = run_app(app_offline, key)
-    steps = [out for out in outputs if out[0].startswith("**Step ")]
+    steps = [out for out in outputs if out["status"].startswith("**Step ")]
     assert len(steps) == STEPS and len(outputs) == STEPS + 1
-    for out in steps:  # every step: the three heatmaps (the previews are the preview module's business)
-        assert all(fig is not None for fig in out[3:6])
+    for out in steps:  # every step: both lanes' previews (the latent-to-RGB map) and the three heatmaps
+        assert all(isinstance(out[lane], np.ndarray) and out[lane].ndim == 3 for lane in ("uncached", "cached"))
+        assert all(out[name] is not None for name in app_offline.OUTPUTS if name.startswith("heat_"))
     final = outputs[-1]
-    assert final[0].startswith("**Done")
-    metrics = final[6]
+    assert final["status"].startswith("**Done")
+    metrics = final["metrics_json"]
     assert all(metrics[m] is not None for m in ("psnr_db", "ssim", "wall_speedup", "compute_speedup"))
     assert metrics["compute_speedup"] > 1 and (math.isinf(metrics["psnr_db"]) or metrics["psnr_db"] > 0)
-    assert final[1] is not None and final[2] is not None and final[7] is not None  # images through the real VAE
-    assert final[9].startswith("calibrated now") and len(calibrations) == 1
+    for name in ("uncached", "cached", "diff"):  # the final images through the real VAE
+        assert isinstance(final[name], np.ndarray), name
+    assert final["calibration"].startswith("calibrated now") and len(calibrations) == 1
     assert any(desc == "calibrating" for _, desc in progress.seen)
+    stored = Calibration.load(workbench.cache_dir() / f"{key}_steps{STEPS}_groups{GROUPS}.npz")
+    # the guidance reached each pipeline its own way: Qwen-Image's true CFG runs both branches, SD3's is batched
+    assert stored.meta["contexts"] == CONTEXTS[key] and stored.meta["trajectories"] == 2 * (1 + (key != "flux-dev"))
 
     # the calibration forgotten as by a restart (the checked plan kept, to save time): it is found on disk
     monkeypatch.setattr(app_offline.bench, "_calibrations", {})
     outputs, progress = run_app(app_offline, key)
-    assert outputs[-1][0].startswith("**Done") and outputs[-1][9].startswith("cached")
+    assert outputs[-1]["status"].startswith("**Done") and outputs[-1]["calibration"].startswith("cached")
     assert len(calibrations) == 1 and not any(desc == "calibrating" for _, desc in progress.seen)
-    stored = Calibration.load(workbench.cache_dir() / f"{key}_steps{STEPS}_groups{GROUPS}.npz")
-    # the guidance reached each pipeline its own way: Qwen-Image's true CFG runs both branches, SD3's is batched
-    assert stored.meta["contexts"] == CONTEXTS[key] and stored.meta["trajectories"] == 2 * (1 + (key != "flux-dev"))
 
     velocity, stability, note = app_offline.explore(key, "a lighthouse", 5, STEPS, GROUPS, 2,
                                                     MODELS[key].default_guidance, progress=Progress())
@@ -175,4 +178,4 @@ def test_the_app_shows_missing_weights_and_keeps_serving(app_offline, offline_hu
     with pytest.raises(gr.Error, match="not in the local Hugging Face cache"):
         app_offline.explore("sd35-medium", "a fox", 0, STEPS, GROUPS, 2, 4.5, progress=Progress())
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(offline_hub))  # the weights arrive: the next run works
-    assert run_app(app_offline, "sd35-medium")[0][-1][0].startswith("**Done")
+    assert run_app(app_offline, "sd35-medium")[0][-1]["status"].startswith("**Done")

@@ -66,6 +66,7 @@ def test_cancel_mid_run_leaves_next_run_correct(runner, calibration):
             break
     stream.close()
     assert not is_enabled(runner.pipes["cached"].transformer)  # no hooks left attached
+    assert all("step" not in vars(pipe.scheduler) for pipe in runner.pipes.values())  # nor the velocity recorder
     again = run_all(runner, method, seed=5)[-1]
     assert np.array_equal(again["images"]["cached"], fresh["images"]["cached"])
     assert np.array_equal(again["images"]["uncached"], fresh["images"]["uncached"])
@@ -105,3 +106,125 @@ def test_cancel_from_another_thread_at_any_moment_ends_the_stream_quietly(runner
         time.sleep(0.01)
         assert not events or events[-1]["kind"] in ("step", "final")
         assert not is_enabled(runner.pipes["cached"].transformer)
+
+
+def assert_one_set_of_weights(runner):
+    """The cached lane holds no second copy of any parameter, buffer or other tensor (Qwen-Image's rope tables):
+    the same tensor objects, the same memory, in a transformer module object of its own (hooks are per module
+    object); every other component but the scheduler is the uncached lane's own."""
+    uncached, cached = (runner.pipes[lane].transformer for lane in ("uncached", "cached"))
+    assert cached is not uncached
+
+    def tensors(module):
+        return [list(module.parameters()), list(module.buffers()),
+                [v for m in module.modules() for v in vars(m).values() if torch.is_tensor(v)]]
+
+    for ours, theirs in zip(tensors(uncached), tensors(cached)):
+        assert len(ours) == len(theirs) and all(a is b for a, b in zip(ours, theirs))
+        assert [t.data_ptr() for t in ours] == [t.data_ptr() for t in theirs]
+    for key, component in runner.pipes["uncached"].components.items():
+        if key not in ("transformer", "scheduler"):
+            assert runner.pipes["cached"].components[key] is component
+
+
+def test_lanes_share_every_weight(runner):
+    assert_one_set_of_weights(runner)
+
+
+def test_uncached_lane_never_sees_a_cache_hook_fire(runner, calibration, monkeypatch):
+    """While a cache that reuses runs, every firing of its hooks is on the cached lane's modules."""
+    from layercache.hooks import LayerCacheBlockHook, LayerCacheModelHook
+
+    fired = []
+    for cls in (LayerCacheBlockHook, LayerCacheModelHook):
+        def spy(self, module, *args, _real=cls.new_forward, **kwargs):
+            fired.append(id(module))
+            return _real(self, module, *args, **kwargs)
+        monkeypatch.setattr(cls, "new_forward", spy)
+    final = run_all(runner, LayerCacheSetting(lc.plan(calibration, 0.6)))[-1]
+    assert final["metrics"]["compute_fraction"] < 0.8  # the cache really reused
+    uncached = {id(m) for m in runner.pipes["uncached"].transformer.modules()}
+    cached = {id(m) for m in runner.pipes["cached"].transformer.modules()}
+    assert fired and set(fired) <= cached and not set(fired) & uncached
+    alone = runner.pipes["uncached"](**CALL, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                                     output_type="np").images[0, ..., 0]
+    assert np.array_equal(final["images"]["uncached"], alone)
+
+
+# --- the hub pipelines' code paths, with tiny random components -------------------------------------------
+
+HUB = ["flux", "sd35", "qwen"]
+
+
+def hub_runner(name, dtype=torch.float32):
+    """A runner on a tiny random hub pipeline (or the bundled model: "tiny"), its call and a calibration."""
+    import tiny_pipelines
+
+    torch.set_num_threads(1)
+    if name == "tiny":
+        pipe, call, calibration_call = TinyDigitPipeline.from_weights(), CALL, {"label": [3, 8], "seed": 1}
+    else:
+        pipe, call = tiny_pipelines.BUILDERS[name]()
+    pipe.set_progress_bar_config(disable=True)
+    if dtype != torch.float32:
+        pipe.to(dtype)  # the prompt embeddings too: without text encoders they set the latents' dtype
+        call = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in call.items()}
+    if name != "tiny":
+        calibration_call = dict(call, seed=11)
+    cal = lc.calibrate(pipe, [calibration_call], STEPS, num_groups=2)
+    return LockstepRunner(pipe), call, cal
+
+
+def image_alone(pipe, call):
+    images = pipe(**call, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_type="pt")
+    return images.images[0].float().clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("name", HUB)
+def test_hub_pipelines_stream_a_preview_every_step_in_both_lanes(name):
+    runner, call, cal = hub_runner(name)
+    assert_one_set_of_weights(runner)
+    events = list(runner.run(call, 0, STEPS, LayerCacheSetting(lc.plan(cal, 0.6)), 2))
+    steps, final = events[:-1], events[-1]
+    assert [e["step"] for e in steps] == list(range(STEPS)) and final["kind"] == "final"
+    scale = runner.pipes["uncached"].vae_scale_factor  # one preview pixel per latent pixel
+    shape = (call["height"] // scale, call["width"] // scale, 3)
+    for event in steps:
+        for lane in ("uncached", "cached"):
+            preview = event["previews"][lane]
+            assert preview.shape == shape and preview.dtype == np.float32
+            assert preview.min() >= 0 and preview.max() <= 1 and np.ptp(preview) > 0
+    assert final["metrics"]["compute_fraction"] < 0.8
+    assert not np.array_equal(steps[-1]["previews"]["cached"], steps[-1]["previews"]["uncached"])
+    assert np.array_equal(final["images"]["uncached"], image_alone(runner.pipes["uncached"], call))
+    assert all("step" not in vars(pipe.scheduler) for pipe in runner.pipes.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", HUB + ["tiny"])
+def test_every_cell_computed_is_bit_identical_in_fp32_and_bf16(name, dtype):
+    """With every cell computed the cached lane matches the uncached one bit for bit, final images and every
+    step's preview alike, in fp32 and with bf16 weights and latents."""
+    runner, call, cal = hub_runner(name, dtype)
+    assert runner.pipes["cached"].transformer.dtype == dtype
+    events = list(runner.run(call, 0, STEPS, LayerCacheSetting(lc.plan(cal, 1.0)), 2))
+    steps, final = events[:-1], events[-1]
+    assert len(steps) == STEPS and all(g["computed"] == 1.0 for e in steps for g in e["groups"])
+    assert all(np.array_equal(e["previews"]["cached"], e["previews"]["uncached"]) for e in steps)
+    assert np.array_equal(final["images"]["cached"], final["images"]["uncached"])
+    assert final["metrics"]["psnr"] == float("inf")
+
+
+def test_a_diffusers_cache_on_the_cached_lane_stays_there():
+    """diffusers' own hooks (FirstBlockCache through `enable_cache`) live on the cached lane's module objects:
+    the uncached lane makes the image the pipeline makes alone."""
+    from diffusers import FirstBlockCacheConfig
+
+    from layercache.methods import DiffusersCacheSetting
+
+    runner, call, _ = hub_runner("flux")
+    method = DiffusersCacheSetting(FirstBlockCacheConfig(threshold=1.0), "first-block")
+    final = list(runner.run(call, 0, STEPS, method, 2))[-1]
+    assert final["metrics"]["compute_fraction"] < 1.0  # it skipped blocks in the cached lane
+    assert not runner.pipes["cached"].transformer.is_cache_enabled  # detached after the run
+    assert np.array_equal(final["images"]["uncached"], image_alone(runner.pipes["uncached"], call))

@@ -3,13 +3,18 @@
 Each lane is the real pipeline `__call__` in its own thread, parked in `callback_on_step_end` after every
 step until the controller says "go": step i of one lane, then step i of the other, then an event. Only one lane
 runs at a time, so each lane's clock is honest (it stops while the other lane runs and
-while the app draws). The cached lane has its own transformer (a deep copy, made once): cache hooks live on
-the module, so two lanes cannot share one. The cache is attached for one run and detached after it, also
-after a cancel, so nothing is left attached and no state carries over.
+while the app draws). Both lanes share one set of weights: the cached lane's transformer is a second module
+object over the very same parameter, buffer and other tensors (`shared_copy`), so it costs no weight memory, and
+since cache hooks live on module objects, the cache attached to it never runs in the uncached lane. Sharing the
+tensors also makes the lanes bit-identical when every cell is computed (same kernels on the same memory). The
+cache is attached for one run and detached after it, also after a cancel, so nothing is left attached and no
+state carries over.
 
-Preview: the clean-image estimate x0 = x_i - sigma_i * v_i. The callback sees x_{i+1} = x_i + (sigma_{i+1} -
-sigma_i) * v_i, so x0 = x_{i+1} - sigma_{i+1} * v_i is the same number, read after the step. Pipelines that do
-not hand `noise_pred` to callbacks get v_i from two consecutive latents instead (no preview at step 0).
+Preview: the clean-image estimate x0 = x_i - sigma_i * v_i, every step. Each lane records the velocity v_i its
+pipeline hands to `scheduler.step` (whatever CFG made of it); the callback sees x_{i+1} = x_i + (sigma_{i+1} -
+sigma_i) * v_i, so x0 = x_{i+1} - sigma_{i+1} * v_i is the same number, read after the step (and exactly the
+final latents at the last step, where sigma is 0). `preview.preview_image` turns it into an image: directly
+for the bundled pixel-space model, with a linear latent-to-RGB map for the hub models' latents.
 
 Events (plain data, numpy images in [0, 1]):
   {"kind": "step", "step", "num_steps", "sigma", "previews": {lane: HxW(x3)}, "elapsed_s": {lane: s},
@@ -30,6 +35,7 @@ import torch
 
 from ..evaluation.metrics import BlockCounter, lpips, psnr, ssim
 from ..groups import GroupLayout, partition
+from .preview import preview_image
 
 LANES = ("uncached", "cached")
 
@@ -46,7 +52,7 @@ class _Lane:
         self.go = threading.Semaphore(0)
         self.out: queue.Queue = queue.Queue()
         self.elapsed = 0.0
-        self.tensor_inputs = ["latents"] + (["noise_pred"] if "noise_pred" in pipe._callback_tensor_inputs else [])
+        self.velocity = None  # v_i of the step just taken, as the pipeline handed it to the scheduler
         self.thread = threading.Thread(target=self._main, daemon=True)
         self.thread.start()
 
@@ -62,15 +68,27 @@ class _Lane:
         return {}
 
     def _main(self):
+        scheduler = self.pipe.scheduler
+        step = scheduler.step
+
+        def recording_step(model_output, *args, **kwargs):
+            self.velocity = model_output
+            return step(model_output, *args, **kwargs)
+
+        # on this lane's scheduler for this call only (an instance attribute, removed below): pipelines hand
+        # callbacks the latents but not the velocity
+        scheduler.step = recording_step
         try:
             self._wait_for_go()
             images = self.pipe(**self.call, output_type="pt", callback_on_step_end=self._on_step,
-                               callback_on_step_end_tensor_inputs=self.tensor_inputs).images
+                               callback_on_step_end_tensor_inputs=["latents"]).images
             self.out.put(("done", time.perf_counter() - self.started, images))
         except Cancelled:
             self.out.put(("cancelled", 0.0, None))
         except BaseException as err:  # noqa: BLE001 - handed to the controller, which raises it
             self.out.put(("error", 0.0, err))
+        finally:
+            del scheduler.step
 
     def advance(self):
         """Let the lane run until its next step (or its end); returns (kind, payload)."""
@@ -82,27 +100,9 @@ class _Lane:
         return kind, payload
 
 
-def _x0(lane: _Lane, step: int, tensors: dict, previous):
-    sigmas = lane.pipe.scheduler.sigmas
-    latents = tensors["latents"].float()
-    if "noise_pred" in tensors:
-        velocity = tensors["noise_pred"].float()
-    elif previous is not None:
-        velocity = (latents - previous) / float(sigmas[step + 1] - sigmas[step])
-    else:
-        return None
-    return latents - float(sigmas[step + 1]) * velocity
-
-
-def preview_image(pipe, x0) -> np.ndarray | None:
-    """The x0 estimate as an image in [0, 1]: direct for the bundled pixel-space model; None for latent-space
-    hub models (decoding with their VAE every step would cost more than the step)."""
-    from ..models.tiny import TinyDigitPipeline
-    from ..models.tiny.model import unpack
-
-    if x0 is None or not isinstance(pipe, TinyDigitPipeline):
-        return None
-    return ((unpack(x0[:1]) + 1) / 2).clamp(0, 1)[0, 0].cpu().numpy()
+def _x0(lane: _Lane, step: int, latents: torch.Tensor) -> torch.Tensor:
+    sigma_next = float(lane.pipe.scheduler.sigmas[step + 1])
+    return latents.float() - sigma_next * lane.velocity.float()
 
 
 def _as_numpy(images: torch.Tensor) -> np.ndarray:
@@ -110,18 +110,20 @@ def _as_numpy(images: torch.Tensor) -> np.ndarray:
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
-def _realign(module) -> None:
-    """Give the weights fresh allocations like the copy's: CPU matmul kernels round differently on weights
-    that safetensors left at other alignments, and the lanes must agree bit for bit when nothing is reused."""
-    with torch.no_grad():
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            tensor.data = tensor.data.clone()
+def shared_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A second module object over the very same tensors: deepcopy copies the module tree (and with it the
+    per-object hook tables, diffusers' and torch's), while its memo hands back every parameter, buffer and
+    plain tensor attribute (Qwen-Image's rope tables) as the original object. No weight is copied."""
+    tensors = [*module.parameters(), *module.buffers(),
+               *(value for m in module.modules() for value in vars(m).values() if torch.is_tensor(value))]
+    return copy.deepcopy(module, memo={id(t): t for t in tensors})
 
 
 def twin(pipe):
-    """A second pipeline sharing everything but the transformer and the (stateful) scheduler."""
+    """A second pipeline sharing every component and every weight; its own transformer module object (cache
+    hooks are per module object) and its own (stateful) scheduler."""
     components = dict(pipe.components)
-    components["transformer"] = copy.deepcopy(pipe.transformer)
+    components["transformer"] = shared_copy(pipe.transformer)
     components["scheduler"] = copy.deepcopy(pipe.scheduler)
     return type(pipe)(**components)
 
@@ -131,7 +133,6 @@ class LockstepRunner:
     progress (a web server may drop a generator without closing it)."""
 
     def __init__(self, pipe):
-        _realign(pipe.transformer)
         self.pipes = {"uncached": pipe, "cached": twin(pipe)}
         self._lock = threading.RLock()
         self._active: "_Run | None" = None
@@ -208,7 +209,6 @@ class _Run:
         try:
             with torch.no_grad():
                 self._start()
-                previous = {lane: None for lane in LANES}
                 totals = {lane: np.zeros(self.layout.num_blocks, dtype=np.int64) for lane in LANES}
                 for step in range(self.num_steps):
                     previews, counts = {}, {}
@@ -223,8 +223,7 @@ class _Run:
                             if kind != "step" or self.cancelled.is_set():
                                 return
                             counts[name] = self.counters[name].take()
-                        previews[name] = preview_image(lane.pipe, _x0(lane, step, tensors, previous[name]))
-                        previous[name] = tensors["latents"].float()
+                        previews[name] = preview_image(lane.pipe, _x0(lane, step, tensors["latents"]), lane.call)
                         totals[name] += counts[name]
                     yield {"kind": "step", "step": step, "num_steps": self.num_steps,
                            "sigma": float(self.lanes["uncached"].pipe.scheduler.sigmas[step]),

@@ -11,12 +11,14 @@ import numpy as np
 import plotly.graph_objects as go
 
 UIREVISION = "layercache"
+DIFFERENCE_GAIN = 10.0   # the difference image's amplification: white = off by 1 / gain of the range or more
 _LAYOUT = dict(uirevision=UIREVISION, height=260, margin=dict(l=60, r=10, t=40, b=40),
                xaxis_title="step", yaxis_title="group (0 = shallow)")
 
 HEATMAPS = {  # key: (title, colour scale, colour range, hover label)
     "velocity": ("Velocity change per group", "Viridis", None, "change"),
-    "computed": ("Computed (1) / reused (0)", [[0, "#f4a261"], [1, "#2a9d8f"]], (0, 1), "computed"),
+    # Okabe-Ito orange / blue: told apart with every common colour-vision deficiency
+    "computed": ("Computed (1) / reused (0)", [[0, "#E69F00"], [1, "#0072B2"]], (0, 1), "computed"),
     "k": ("Chosen K (reused cells)", "Blues", (0, 4), "K"),
 }
 
@@ -104,6 +106,35 @@ def to_display(image: np.ndarray | None, size: int = 256) -> np.ndarray | None:
     return pixels.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def difference_image(a: np.ndarray, b: np.ndarray, gain: float = 10.0) -> np.ndarray:
+def difference_image(a: np.ndarray, b: np.ndarray, gain: float = DIFFERENCE_GAIN) -> np.ndarray:
     """|a - b| x gain, clipped to [0, 1]: where the cached image departs from the uncached one."""
     return np.clip(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)) * gain, 0, 1)
+
+
+# the end-of-run figures, each with what it means (the app's "metrics" panel)
+READOUT = (
+    ("psnr_db", "PSNR", " dB", "pixel closeness of the cached image to the uncached one (higher is closer; above "
+     "about 40 dB the two look the same)"),
+    ("ssim", "SSIM", "", "structural similarity: 1 = identical structure, below about 0.9 shapes visibly differ"),
+    ("lpips", "LPIPS", "", "perceptual distance of a trained network: 0 = identical, above about 0.1 visible"),
+    ("compute_speedup", "Compute speed-up", "×", "blocks run uncached ÷ blocks run cached: the speed-up a cache "
+     "with no overhead would give"),
+    ("wall_speedup", "Wall speed-up", "×", "uncached lane's time ÷ cached lane's time, measured on this machine "
+     "(includes the cache's own overhead)"),
+    ("time_cached_s", "Cached lane", " s", "time of the cached lane"),
+    ("time_uncached_s", "Uncached lane", " s", "time of the uncached lane"),
+)
+
+
+def readout(metrics: dict | None) -> str:
+    """Markdown: the end metrics as labelled figures with a one-line meaning each."""
+    if not metrics:
+        return "**Results** appear here when a run ends."
+    lines = [f"**Results — {metrics.get('method', '')}**", "", "| | | what it means |", "|---|---|---|"]
+    for key, name, unit, meaning in READOUT:
+        value = metrics.get(key)
+        shown = f"**{value}{unit}**" if value is not None else "—"
+        if key == "lpips" and value is None:
+            meaning = metrics.get("lpips_note") or meaning
+        lines.append(f"| {name} | {shown} | {meaning} |")
+    return "\n".join(lines)
