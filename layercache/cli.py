@@ -152,7 +152,8 @@ def overhead(args):
 @command("how fast the app feels: time from Run to the first streamed step and to the end of a default run, "
          "through a real `python app.py` server and gradio_client",
          arg("--repeats", type=int, default=5, help="(default: %(default)s)"),
-         arg("--url", default=None, help="a running app (default: start one on a free port)"))
+         arg("--url", default=None, help="a running app (default: start one on a free port)"),
+         arg("--clients", type=int, default=0, help="a room: this many sessions press Run at once (default: off)"))
 def app_speed(args):
     from .evaluation.app_speed import run
 

@@ -1,9 +1,9 @@
 """The app in headless Chromium: Run streams previews and heatmaps, Stop stops, the history and Pareto fill in,
 a painted schedule runs, a lesson button sets the inputs, and the layout fits a projector (1280x800: inputs, Run
 and both images without scrolling) and a phone (390 px: one column). Screenshots are kept at
-assets/app_screenshot.png (after a run), assets/app_1280x800.png and assets/app_390.png. Needs Debian's chromium
-(`apt-get install -y chromium chromium-driver`) and `pip install playwright` (never `playwright install`: the system
-browser is used)."""
+assets/app_screenshot.png (after a run), assets/app_1280x800.png and assets/app_390.png.
+Needs Debian's chromium (`apt-get install -y chromium chromium-driver`) and
+`pip install playwright` (never `playwright install`: the system browser is used)."""
 
 import os
 from pathlib import Path
@@ -137,8 +137,11 @@ def test_history_is_per_session(page, url):
 
 
 def cell_texts(page):
-    return page.evaluate("() => [...document.querySelectorAll('#schedule-editor tbody tr')].map("
-                         "r => [...r.querySelectorAll('td')].map(td => td.innerText.trim()))")
+    """The schedule map as rows of cell texts (Gradio's table draws its body as grid cells)."""
+    return page.evaluate("""() => { const rows = [];
+        document.querySelectorAll('#schedule-editor [role=gridcell][data-row]').forEach(c => {
+            (rows[+c.dataset.row] ||= [])[+c.dataset.col] = c.innerText.trim(); });
+        return rows; }""")
 
 
 def note(page):
@@ -154,7 +157,7 @@ def test_paint_a_schedule_and_run_it(page, tmp_path):
     rows = cell_texts(page)
     assert len(rows) == 4 and len(rows[0]) == STEPS + 1   # groups x (name + steps)
     step = next(s for s in range(2, STEPS + 1) if rows[1][s] == "run")   # a computed cell of group 1
-    page.locator("#schedule-editor tbody tr").nth(1).locator("td").nth(step).click()
+    page.click(f'#schedule-editor [role=gridcell][data-row="1"][data-col="{step}"]')
     page.wait_for_function(f"document.querySelector('#schedule-note').innerText !== {planned!r}", timeout=20_000)
     assert "painted" in note(page) and cell_texts(page)[1][step] == "K2"   # reused now, slope over 2 steps
     fraction = float(note(page).split("runs ")[1].split("%")[0]) / 100
@@ -189,32 +192,38 @@ def test_a_lesson_button_sets_the_inputs(page):
     page.wait_for_selector("#explore", state="visible", timeout=20_000)
 
 
-def test_layout_fits_a_projector_and_a_phone(url):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            wide = browser.new_page(viewport={"width": 1280, "height": 800})
-            wide.goto(url)
-            wide.wait_for_selector("#run", timeout=60_000)
-            for elem in ("model-box", "steps", "budget", "method", "groups", "max_k", "run", "uncached", "cached"):
-                box = wide.locator(f"#{elem}").bounding_box()
-                assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800 and box["x"] + box["width"] <= 1280, \
-                    (elem, box)
-            wide.screenshot(path=str(ASSETS / "app_1280x800.png"))
-            for _ in range(80):   # every control is reachable by keyboard: Tab gets to Run
-                wide.keyboard.press("Tab")
-                if wide.evaluate("!!document.activeElement.closest('#run')"):
-                    break
-            else:
-                raise AssertionError("Tab never reached the Run button")
+def new_page(page, url, width, height):
+    """A fresh visitor with this window size, in the browser the module already runs."""
+    visitor = page.context.browser.new_context(viewport={"width": width, "height": height})
+    fresh = visitor.new_page()
+    fresh.goto(url)
+    fresh.wait_for_selector("#run", timeout=60_000)
+    return visitor, fresh
 
-            phone = browser.new_page(viewport={"width": 390, "height": 844})
-            phone.goto(url)
-            phone.wait_for_selector("#run", timeout=60_000)
-            assert phone.evaluate("document.documentElement.scrollWidth") <= 390   # one column, nothing off the side
-            for elem in ("steps", "budget", "run", "uncached", "cached", "heat_computed", "metrics", "pareto"):
-                box = phone.locator(f"#{elem}").bounding_box()
-                assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (elem, box)
-            phone.screenshot(path=str(ASSETS / "app_390.png"), full_page=True)
-        finally:
-            browser.close()
+
+def test_layout_fits_a_projector_and_a_phone(page, url):
+    visitor, wide = new_page(page, url, 1280, 800)
+    try:
+        for elem in ("model-box", "steps", "budget", "method", "groups", "max_k", "run", "uncached", "cached"):
+            box = wide.locator(f"#{elem}").bounding_box()
+            assert box and box["y"] >= 0 and box["y"] + box["height"] <= 800 and box["x"] + box["width"] <= 1280, \
+                (elem, box)
+        wide.wait_for_selector("#heat_computed .js-plotly-plot", timeout=30_000)   # the heatmaps drawn
+        wide.screenshot(path=str(ASSETS / "app_1280x800.png"))
+        for _ in range(80):   # every control is reachable by keyboard: Tab gets to Run
+            wide.keyboard.press("Tab")
+            if wide.evaluate("!!document.activeElement.closest('#run')"):
+                break
+        else:
+            raise AssertionError("Tab never reached the Run button")
+    finally:
+        visitor.close()
+    visitor, phone = new_page(page, url, 390, 844)
+    try:
+        assert phone.evaluate("document.documentElement.scrollWidth") <= 390   # one column, nothing off the side
+        for elem in ("steps", "budget", "run", "uncached", "cached", "heat_computed", "metrics", "pareto"):
+            box = phone.locator(f"#{elem}").bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (elem, box)
+        phone.screenshot(path=str(ASSETS / "app_390.png"), full_page=True)
+    finally:
+        visitor.close()

@@ -2,8 +2,11 @@
 default run (both lanes, defaults from space.yaml), through a real `python app.py` server and gradio_client.
 
     python -m layercache app-speed [--repeats 5] [--url http://127.0.0.1:7860/]
+    python -m layercache app-speed --clients 8      # a room: 8 sessions press Run at once
 
 Without --url it starts the app on a free port (warm-up included, as a user would find it) and stops it after.
+With --clients N, N sessions submit the default run together: per session, the best queue position it was told,
+its wait for the first streamed step, its whole time, the steps it received and its history rows (its own only).
 """
 
 import os
@@ -11,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,6 +55,38 @@ def one_run(client, args) -> tuple[float, float, dict]:
     return first, time.perf_counter() - start, out[6]
 
 
+def room(url, args, clients: int) -> list[dict]:
+    """`clients` sessions submit `args` at once; what each saw."""
+    from gradio_client import Client
+
+    sessions = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
+    seen = [{"rank": 0, "first_s": None, "steps": 0} for _ in sessions]
+
+    def one(i):
+        start = time.perf_counter()
+        job = sessions[i].submit(*args, api_name="/run")
+        while not job.done():   # the queue position the UI shows comes from these status updates
+            rank = job.status().rank
+            seen[i]["rank"] = max(seen[i]["rank"], rank or 0)
+            if job.outputs():
+                break
+            time.sleep(0.05)
+        for out in job:
+            if out[0].startswith("**Step"):
+                seen[i]["steps"] += 1
+                if seen[i]["first_s"] is None:
+                    seen[i]["first_s"] = time.perf_counter() - start
+        seen[i].update(total_s=time.perf_counter() - start, done=out[0].startswith("**Done"),
+                       history_rows=len(out[11]["data"]))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return seen
+
+
 def run(a):
     from gradio_client import Client
 
@@ -61,6 +97,21 @@ def run(a):
     args = (d["model"], d["prompt"], d["seed"], d["steps"], d["guidance"], d["budget"], d["groups"], d["max_k"],
             d["method"], d["fbc_threshold"])
     proc, url = (None, a.url) if a.url else start_app()
+    if a.clients:
+        try:
+            Client(url, verbose=False, download_files=False).predict(*args, api_name="/run")   # warm, untimed
+            seen = room(url, args, a.clients)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+        print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}; {a.clients} sessions press Run at once "
+              f"({d['steps']} steps, {d['method']} at budget {d['budget']}; one run at a time on the device)")
+        print("session  queue position  first step  whole run  steps  finished  history rows")
+        for i, s in enumerate(seen):
+            print(f"{i:7d}  {s['rank']:14d}  {s['first_s']:9.2f}s  {s['total_s']:8.2f}s  {s['steps']:5d}  "
+                  f"{str(s['done']):>8}  {s['history_rows']:12d}")
+        return
     try:
         client = Client(url, verbose=False, download_files=False)
         one_run(client, args)  # untimed: the first request also opens the client's connection
