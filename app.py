@@ -21,7 +21,7 @@ import torch
 from layercache.groups import find_blocks, model_id
 from layercache.heterogeneity import heterogeneity
 from layercache.methods import LayerCacheSetting, Uncached, app_methods
-from layercache.models.registry import MODELS, availability
+from layercache.models.registry import MODELS, availability, pipeline_call
 from layercache.models.tiny.pipeline import parse_prompt
 from layercache.planner import check_budget
 from layercache.predictors import PREDICTORS
@@ -192,7 +192,7 @@ def _stream(prepare, prompt, seed, guidance, settings, runs, clicked_at, progres
         source = source or "not used by this method"
         steps, groups, max_k = int(settings["steps"]), int(settings["groups"]), int(settings["max_k"])
         runner = bench.runner(settings["model"])
-        call = {"prompt": prompt, "guidance_scale": float(guidance)}
+        call = pipeline_call(settings["model"], prompt, guidance)
         grids = viz.empty_grids(steps, groups)
         stream = runner.run(call, int(seed), steps, cached, groups)
         for event in stream:
@@ -263,7 +263,7 @@ def explore(model, prompt, seed, steps, groups, max_k, guidance, progress=gr.Pro
     try:
         check_inputs(model, prompt, seed, steps, 1.0, groups, max_k, "LayerCache")
         progress(0, desc="running the uncached model once")
-        cal = bench.explore(model, {"prompt": prompt, "guidance_scale": float(guidance)}, int(seed), int(steps),
+        cal = bench.explore(model, pipeline_call(model, prompt, guidance), int(seed), int(steps),
                             int(groups), int(max_k))
     except ValueError as err:
         raise gr.Error(" ".join(str(err).split())) from None

@@ -171,15 +171,27 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
     residuals: dict = {}   # (call, context, batch row) -> [step][group] -> 1-D float32 subset
     outputs: dict = {}     # (call, context, batch row) -> [step] -> 1-D float32 subset
     subsets: dict = {}
+    first_size: dict = {}
     current = {"call": 0, "step": {}}
 
     def subset(x: torch.Tensor, key) -> torch.Tensor:
+        size = x[0].numel()
         if key not in subsets:  # the same coordinates for every group and step of a stream
             gen = torch.Generator().manual_seed(len(subsets))
-            size, limit = x[0].numel(), output_sample_size if key == "out" else sample_size
+            limit = output_sample_size if key == "out" else sample_size
             subsets[key] = None if size <= limit else torch.randperm(size, generator=gen)[:limit]
             subsets[key, "size"] = min(size, limit)
+            first_size[key] = size
         idx = subsets[key]
+        if size != first_size[key]:
+            # Qwen-Image's text stream is as long as each prompt (and its negative prompt): every length gets its own
+            # coordinates, as many as the first one's so that trajectories stack (with repeats if it is shorter)
+            count = subsets[key, "size"]
+            if (key, size) not in subsets:
+                gen = torch.Generator().manual_seed(size)
+                subsets[key, size] = (torch.randperm(size, generator=gen)[:count] if size >= count
+                                      else torch.randint(size, (count,), generator=gen))
+            idx = subsets[key, size]
         flat = x.reshape(x.shape[0], -1).float()
         return (flat if idx is None else flat[:, idx.to(flat.device)]).cpu()
 

@@ -194,6 +194,17 @@ def preview_cost(args):
     run(args)
 
 
+@command("GPU memory per hub model without a download (components built on the meta device, bf16): bytes per "
+         "component, the cache's bound, the app's peak per offloading option, and which card runs which model",
+         arg("--groups", type=int, default=4, help="(default: %(default)s)"),
+         arg("--max-k", type=int, default=4, help="largest K, the residuals kept per group (default: %(default)s)"),
+         arg("--resolution", type=int, default=1024, help="image side in pixels (default: %(default)s)"))
+def memory(args):
+    from .evaluation.memory import run
+
+    run(args)
+
+
 @command("train the bundled digit model (rectified flow on MNIST-5k, EMA, resumable checkpoints); about 2 h on "
          "2 CPU cores at the defaults, minutes on a GPU",
          arg("--steps", type=int, default=5000, help="(default: %(default)s)"),

@@ -143,12 +143,15 @@ def _verification_calls(key: str) -> list:
     if key == "tiny":
         from ..models.tiny.sets import CALIBRATION_SEEDS
         return [{"label": [3, 8], "seed": CALIBRATION_SEEDS[0]}]
-    return HUB_CALIBRATION_CALLS[:1]
+    return calibration_calls(key)[:1]
 
 
 def calibration_calls(key: str) -> list:
-    """What a model is calibrated on: the bundled model's calibration seeds, every digit; hub models' prompts."""
+    """What a model is calibrated on: the bundled model's calibration seeds, every digit; hub models' prompts at
+    the model's default guidance, passed the way its pipeline takes it (Qwen-Image: true CFG, both branches)."""
     if key == "tiny":
         from ..models.tiny.sets import calibration_calls as tiny_calls
         return tiny_calls()
-    return HUB_CALIBRATION_CALLS
+    from ..models.registry import get_entry, pipeline_call
+    guidance = get_entry(key).default_guidance
+    return [dict(pipeline_call(key, c["prompt"], guidance), seed=c["seed"]) for c in HUB_CALIBRATION_CALLS]
