@@ -186,6 +186,7 @@ def gpu_cost_model(args):
          arg("--batch", type=int, default=64, help="(default: %(default)s)"),
          arg("--lr", type=float, default=3e-4, help="(default: %(default)s)"),
          arg("--ema", type=float, default=0.999, help="(default: %(default)s)"),
+         arg("--warmup", type=int, default=500, help="learning-rate warm-up steps (default: %(default)s)"),
          arg("--seed", type=int, default=0, help="(default: %(default)s)"),
          arg("--device", default=None, help="(default: cuda if available, else cpu)"),
          arg("--run-dir", default="runs/tiny", help="checkpoints, resumed from (default: %(default)s)"),

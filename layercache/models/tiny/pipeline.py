@@ -6,10 +6,9 @@ and each classifier-free-guidance branch a separate transformer call inside
 `transformer.cache_context("cond")` / `("uncond")`.
 """
 
+import json
 import re
 from pathlib import Path
-
-import json
 
 import numpy as np
 import torch

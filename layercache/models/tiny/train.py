@@ -18,7 +18,6 @@ import torch
 from .data import load_mnist
 from .model import NULL_LABEL, DigitLabelEncoder, build_transformer, pack, velocity
 
-
 ARCHITECTURE = ("family", "layers", "single_layers", "head_dim", "heads", "patch")  # build_transformer's arguments
 
 
@@ -94,7 +93,8 @@ def run(args):
         idx = torch.randint(0, len(labels), (args.batch,), generator=gen, device=dev)
         batch = random_shift(images[idx], gen)
         loss = flow_matching_loss(transformer, encoder, batch, labels[idx], gen)
-        lr = args.lr * min(1.0, (step + 1) / 500) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        warm = min(1.0, (step + 1) / args.warmup)
+        lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
