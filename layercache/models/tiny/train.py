@@ -93,7 +93,7 @@ def run(args):
         idx = torch.randint(0, len(labels), (args.batch,), generator=gen, device=dev)
         batch = random_shift(images[idx], gen)
         loss = flow_matching_loss(transformer, encoder, batch, labels[idx], gen)
-        warm = min(1.0, (step + 1) / args.warmup)
+        warm = min(1.0, (step + 1) / max(1, args.warmup))
         lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in opt.param_groups:
             group["lr"] = lr
