@@ -211,6 +211,7 @@ def memory(args):
          arg("--batch", type=int, default=64, help="(default: %(default)s)"),
          arg("--lr", type=float, default=3e-4, help="(default: %(default)s)"),
          arg("--ema", type=float, default=0.999, help="(default: %(default)s)"),
+         arg("--warmup", type=int, default=500, help="learning-rate warm-up steps (default: %(default)s)"),
          arg("--seed", type=int, default=0, help="(default: %(default)s)"),
          arg("--device", default=None, help="(default: cuda if available, else cpu)"),
          arg("--run-dir", default="runs/tiny", help="checkpoints, resumed from (default: %(default)s)"),
@@ -218,7 +219,17 @@ def memory(args):
          arg("--max-minutes", type=float, default=None, help="stop early (and save) after this long"),
          arg("--stop-at", type=int, default=None, help="stop (and save) at this step, keeping the LR schedule of "
                                                       "--steps"),
-         arg("--out", default=str(DEFAULT_WEIGHTS), help="(default: %(default)s)"))
+         arg("--out", default=str(DEFAULT_WEIGHTS), help="(default: %(default)s)"),
+         arg("--snapshots", action="store_true", help="also write the EMA weights at every checkpoint to "
+                                                       "RUN_DIR/step<N>/ (loadable with --weights)"),
+         # the architecture (issue 12's candidates, docs/candidates.md); the defaults build the bundled model
+         arg("--family", choices=["qwen", "flux", "sd3"], default="qwen", help="(default: %(default)s)"),
+         arg("--layers", type=int, default=12, help="blocks; FLUX: double-stream blocks (default: %(default)s)"),
+         arg("--single-layers", type=int, default=0, help="FLUX's single-stream blocks (default: %(default)s)"),
+         arg("--head-dim", type=int, default=32, help="(default: %(default)s)"),
+         arg("--heads", type=int, default=4, help="(default: %(default)s)"),
+         arg("--patch", type=int, default=4, help="pixels per patch side: 4 -> 64 tokens (default: %(default)s)"),
+         arg("--text-tokens", type=int, default=4, help="label tokens in the text stream (default: %(default)s)"))
 def train(args):
     from .models.tiny.train import run
 
@@ -251,7 +262,9 @@ def calibrate_shipped(args):
          arg("--steps", type=int, default=30, help="(default: %(default)s)"),
          arg("--groups", type=int, default=4, help="(default: %(default)s)"),
          arg("--calibration", default=None, help="a calibration .npz (default: the model's shipped one; without one, "
-                                                  "calibrate on the model's calibration inputs)"))
+                                                  "calibrate on the model's calibration inputs)"),
+         arg("--weights", default=None, help="a bundled-model folder, e.g. a candidate's (docs/candidates.md): "
+                                             "calibrate it on the bundled model's calibration inputs"))
 def explore(args):
     from .calibrate import Calibration
     from .heterogeneity import heterogeneity
@@ -261,7 +274,14 @@ def explore(args):
     if args.steps < 2 or args.groups < 1:
         raise ValueError(f"--steps must be >= 2 and --groups >= 1, got {args.steps} and {args.groups}")
     path = args.calibration or shipped_calibration(args.model, args.steps, args.groups)
-    if args.calibration or Path(path).is_file():
+    if args.weights:
+        from .calibrate import calibrate
+        from .models.tiny import TinyDigitPipeline
+        from .models.tiny.sets import calibration_calls
+
+        cal = calibrate(TinyDigitPipeline.from_weights(args.weights), calibration_calls(), args.steps,
+                        num_groups=args.groups)
+    elif args.calibration or Path(path).is_file():
         cal = Calibration.load(path)
     else:
         from .calibrate import calibrate

@@ -152,3 +152,27 @@ def test_missing_shard_raises_value_error(tmp_path):
     (weights / "transformer/diffusion_pytorch_model-00003-of-00003.safetensors").unlink()
     with pytest.raises(ValueError, match="missing or corrupt"):
         TinyDigitPipeline.from_weights(weights)
+
+
+@pytest.mark.parametrize("architecture", [dict(family="flux", layers=1, single_layers=2), dict(family="sd3", layers=2),
+                                          dict(layers=2, patch=8)])
+def test_candidate_architectures_load_run_and_calibrate(tmp_path, architecture):
+    """Issue 12's candidates: each family is saved, loaded by the pipeline, runs with CFG and calibrates."""
+    from layercache.calibrate import calibrate
+    from layercache.models.tiny.model import DigitLabelEncoder, build_transformer
+
+    torch.manual_seed(0)
+    build_transformer(head_dim=16, heads=2, **architecture).save_pretrained(tmp_path / "transformer")
+    DigitLabelEncoder(num_tokens=2).save_pretrained(tmp_path / "label_encoder")
+    candidate = TinyDigitPipeline.from_weights(tmp_path)
+    images = run(candidate, num_inference_steps=3, guidance_scale=3.0)
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
+    cal = calibrate(candidate, [{"label": [3, 5], "seed": 1}], 4, num_groups=2)
+    assert cal.num_blocks == architecture["layers"] + architecture.get("single_layers", 0)
+
+
+def test_default_architecture_is_the_bundled_model(pipe):
+    from layercache.groups import model_id
+    from layercache.models.tiny.model import build_transformer
+
+    assert model_id(build_transformer()) == model_id(pipe.transformer)  # the shipped calibrations stay valid

@@ -6,17 +6,18 @@ and each classifier-free-guidance branch a separate transformer call inside
 `transformer.cache_context("cond")` / `("uncond")`.
 """
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
 from .defaults import DEFAULT_GUIDANCE, DEFAULT_WEIGHTS  # noqa: F401 - re-exported
-from .model import IMAGE_SIZE, NULL_LABEL, DigitLabelEncoder, img_shapes, pack, unpack
+from .model import FAMILIES, IMAGE_SIZE, NULL_LABEL, DigitLabelEncoder, pack, unpack, velocity
 
 MAX_STEPS = 1000
 
@@ -49,7 +50,7 @@ class TinyDigitPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "label_encoder->transformer"
     _callback_tensor_inputs = ["latents", "noise_pred"]
 
-    def __init__(self, transformer: QwenImageTransformer2DModel, label_encoder: DigitLabelEncoder,
+    def __init__(self, transformer, label_encoder: DigitLabelEncoder,
                  scheduler: FlowMatchEulerDiscreteScheduler):
         super().__init__()
         self.register_modules(transformer=transformer, label_encoder=label_encoder, scheduler=scheduler)
@@ -62,8 +63,12 @@ class TinyDigitPipeline(DiffusionPipeline):
             if not (path / sub / "config.json").is_file():
                 raise ValueError(f"model weights not found: {path / sub / 'config.json'} does not exist; restore "
                                  f"assets/ from git or retrain with `python -m layercache train`")
-        try:
-            transformer = QwenImageTransformer2DModel.from_pretrained(path / "transformer", use_safetensors=True)
+        try:  # the transformer's class from its config, among the families of model.FAMILIES only
+            name = json.loads((path / "transformer" / "config.json").read_text())["_class_name"]
+            classes = {cls.__name__: cls for cls in FAMILIES.values()}
+            if name not in classes:
+                raise ValueError(f"unsupported transformer class {name}")
+            transformer = classes[name].from_pretrained(path / "transformer", use_safetensors=True)
             label_encoder = DigitLabelEncoder.from_pretrained(path / "label_encoder", use_safetensors=True)
         except Exception as err:  # diffusers raises OSError, ValueError, SafetensorError... depending on the damage
             raise ValueError(
@@ -99,14 +104,10 @@ class TinyDigitPipeline(DiffusionPipeline):
         return labels
 
     def _velocity(self, latents, sigma, tokens, context: str) -> torch.Tensor:
+        if context is None or not hasattr(self.transformer, "cache_context"):  # SD3 sets none, as its pipeline
+            return velocity(self.transformer, latents, sigma.expand(latents.shape[0]).to(latents.dtype), tokens)
         with self.transformer.cache_context(context):
-            return self.transformer(
-                hidden_states=latents,
-                timestep=sigma.expand(latents.shape[0]).to(latents.dtype),
-                encoder_hidden_states=tokens,
-                img_shapes=img_shapes(latents.shape[0]),
-                return_dict=False,
-            )[0]
+            return velocity(self.transformer, latents, sigma.expand(latents.shape[0]).to(latents.dtype), tokens)
 
     @torch.no_grad()
     def __call__(self, prompt=None, label=None, num_inference_steps: int = 50,
@@ -133,9 +134,13 @@ class TinyDigitPipeline(DiffusionPipeline):
 
         for i, t in enumerate(self.scheduler.timesteps):
             sigma = t / 1000
-            noise_pred = self._velocity(latents, sigma, cond, "cond")
+            if do_cfg and not hasattr(self.transformer, "cache_context"):  # SD3: both branches in one call
+                noise_uncond, noise_pred = self._velocity(latents.repeat(2, 1, 1), sigma, torch.cat([uncond, cond]),
+                                                          None).chunk(2)
+            else:
+                noise_pred = self._velocity(latents, sigma, cond, "cond")
+                noise_uncond = self._velocity(latents, sigma, uncond, "uncond") if do_cfg else None
             if do_cfg:
-                noise_uncond = self._velocity(latents, sigma, uncond, "uncond")
                 noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
             latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
             if callback_on_step_end is not None:

@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from .data import load_mnist
-from .model import NULL_LABEL, DigitLabelEncoder, build_transformer, img_shapes, pack
+from .model import NULL_LABEL, DigitLabelEncoder, build_transformer, pack, velocity
+
+ARCHITECTURE = ("family", "layers", "single_layers", "head_dim", "heads", "patch")  # build_transformer's arguments
 
 
 def flow_matching_loss(transformer, encoder, images, labels, generator, label_drop=0.1):
@@ -29,8 +31,7 @@ def flow_matching_loss(transformer, encoder, images, labels, generator, label_dr
     noise = torch.randn(images.shape, generator=generator, device=dev)
     s = sigma.view(b, 1, 1, 1)
     noisy = (1 - s) * images + s * noise
-    pred = transformer(hidden_states=pack(noisy), timestep=sigma, encoder_hidden_states=encoder(labels),
-                       img_shapes=img_shapes(b), return_dict=False)[0]
+    pred = velocity(transformer, pack(noisy), sigma, encoder(labels))
     return torch.nn.functional.mse_loss(pred, pack(noise - images))
 
 
@@ -48,7 +49,11 @@ def run(args):
     dev = torch.device(args.device)
     images, labels = load_mnist("all")
     images, labels = images.to(dev), labels.to(dev)
-    transformer, encoder = build_transformer().to(dev), DigitLabelEncoder().to(dev)
+    architecture = {key: getattr(args, key) for key in ARCHITECTURE}
+    transformer = build_transformer(**architecture).to(dev)
+    encoder = DigitLabelEncoder(num_tokens=args.text_tokens).to(dev)
+    print(f"{type(transformer).__name__} {architecture}, {args.text_tokens} text tokens: "
+          f"{sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M parameters", flush=True)
     ema_t, ema_e = copy.deepcopy(transformer).eval(), copy.deepcopy(encoder).eval()
     params = list(transformer.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -59,6 +64,8 @@ def run(args):
     ckpt = run_dir / "last.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
+        if state.get("architecture", architecture) != architecture:
+            raise ValueError(f"{ckpt} holds {state['architecture']}, not {architecture}: use another --run-dir")
         for module, key in [(transformer, "transformer"), (encoder, "encoder"), (ema_t, "ema_t"), (ema_e, "ema_e")]:
             module.load_state_dict(state[key])
         opt.load_state_dict(state["opt"])
@@ -70,9 +77,15 @@ def run(args):
         run_dir.mkdir(parents=True, exist_ok=True)
         state = {"transformer": transformer.state_dict(), "encoder": encoder.state_dict(),
                  "ema_t": ema_t.state_dict(), "ema_e": ema_e.state_dict(), "opt": opt.state_dict(),
-                 "gen": gen.get_state(), "step": step}
+                 "gen": gen.get_state(), "step": step, "architecture": architecture}
         torch.save(state, run_dir / "tmp.pt")
         (run_dir / "tmp.pt").replace(ckpt)  # atomic: an interrupted save never corrupts the last checkpoint
+        if args.snapshots:  # the EMA weights at this step, loadable by the pipeline (heterogeneity over training)
+            save_weights(run_dir / f"step{step}")
+
+    def save_weights(out):
+        ema_t.save_pretrained(out / "transformer", safe_serialization=True, max_shard_size="12MB")
+        ema_e.save_pretrained(out / "label_encoder", safe_serialization=True)
 
     t0, running = time.time(), None
     transformer.train()
@@ -80,7 +93,8 @@ def run(args):
         idx = torch.randint(0, len(labels), (args.batch,), generator=gen, device=dev)
         batch = random_shift(images[idx], gen)
         loss = flow_matching_loss(transformer, encoder, batch, labels[idx], gen)
-        lr = args.lr * min(1.0, (step + 1) / 500) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        warm = min(1.0, (step + 1) / max(1, args.warmup))
+        lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -105,6 +119,7 @@ def run(args):
     save_checkpoint()
 
     out = Path(args.out)
-    ema_t.to("cpu").save_pretrained(out / "transformer", safe_serialization=True, max_shard_size="12MB")
-    ema_e.to("cpu").save_pretrained(out / "label_encoder", safe_serialization=True)
+    ema_t.to("cpu")
+    ema_e.to("cpu")
+    save_weights(out)
     print(f"trained {step} steps in {time.time() - t0:.0f}s; EMA weights written to {out}", flush=True)
