@@ -528,7 +528,7 @@ def warm_up():
     d = DEFAULTS
     runner = bench.runner(d["model"])
     bench.method(d["model"], d["method"], d["steps"], d["groups"], d["budget"], d["max_k"])
-    for _ in runner.run({"prompt": d["prompt"], "guidance_scale": d["guidance"]}, 0, 2, Uncached(), d["groups"]):
+    for _ in runner.run(pipeline_call(d["model"], d["prompt"], d["guidance"]), 0, 2, Uncached(), d["groups"]):
         pass
 
 
