@@ -161,9 +161,7 @@ def run_schedule(schedule, model, prompt, seed, steps, guidance, groups, max_k, 
         check_inputs(model, prompt, seed, steps, 1.0, groups, max_k, "LayerCache")
         if not schedule:
             raise ValueError("there is no schedule to run yet: press “Start from the planner” first")
-        transformer = bench.runner(model).pipes["uncached"].transformer
-        fitted = editor.check_fits(schedule, model_id(transformer), len(find_blocks(transformer)), int(steps),
-                                   int(groups))
+        fitted = _fitted(schedule, model, steps, groups)
         return LayerCacheSetting(fitted, PAINTED, budget=round(fitted.compute_fraction, 3)), None
 
     settings = {"model": model, "steps": steps, "budget": None, "groups": groups, "max_k": max_k}
@@ -207,8 +205,9 @@ def _stream(prepare, prompt, seed, guidance, settings, runs, clicked_at, progres
                             cached=viz.to_display(event["previews"]["cached"]), calibration=source,
                             **_heatmaps(grids, max_k))
             else:
-                yield _emit(**final_outputs(event, grids, max_k, source),
-                            **_history(runs, event, settings, session))
+                metrics = figures(event)
+                yield _emit(**final_outputs(event, metrics, grids, max_k, source),
+                            **_history(runs, metrics, settings, session))
                 return
         yield _emit(status=STOPPED)
     except ValueError as err:
@@ -235,8 +234,8 @@ def figures(event) -> dict:
     return metrics
 
 
-def final_outputs(event, grids, max_k, source) -> dict:
-    metrics, images = figures(event), event["images"]
+def final_outputs(event, metrics, grids, max_k, source) -> dict:
+    images = event["images"]
     status = (f"**Done: {event['num_steps']} steps.** PSNR {metrics['psnr_db']} dB · SSIM {metrics['ssim']} · "
               f"speed-up {metrics['wall_speedup']}× wall, {metrics['compute_speedup']}× compute")
     before, after = viz.to_display(images["uncached"]), viz.to_display(images["cached"])
@@ -245,9 +244,8 @@ def final_outputs(event, grids, max_k, source) -> dict:
                 diff=diff, slider=(before, after), calibration=source, metrics=viz.readout(metrics))
 
 
-def _history(runs, event, settings, session) -> dict:
+def _history(runs, metrics, settings, session) -> dict:
     """The finished run's row in this session's history (gr.State: never shared), the Pareto and the exports."""
-    metrics = figures(event)
     row_settings = {**settings, "steps": int(settings["steps"]), "groups": int(settings["groups"]),
                     "max_k": int(settings["max_k"]),
                     "budget": metrics["compute_fraction"] if settings["budget"] is None else float(settings["budget"])}
@@ -324,13 +322,18 @@ def planner_schedule(model, steps, budget, groups, max_k, progress=gr.Progress()
     return _schedule_updates(cache.schedule.to_json(), request)
 
 
-def upload_schedule(path, schedule, model, steps, groups, request: gr.Request = None):
+def _fitted(schedule, model, steps, groups):
+    """The schedule, if it fits this model, step count and number of groups (else ValueError, see editor)."""
+    transformer = bench.runner(model).pipes["uncached"].transformer
+    return editor.check_fits(schedule, model_id(transformer), len(find_blocks(transformer)), int(steps), int(groups))
+
+
+def upload_schedule(path, model, steps, groups, request: gr.Request = None):
     """An uploaded schedule replaces the map only if it is valid and fits the model, step count and groups."""
     try:
         check_settings(model, steps, 1.0, groups, 1)
         uploaded = editor.load_upload(path)
-        transformer = bench.runner(model).pipes["uncached"].transformer
-        editor.check_fits(uploaded, model_id(transformer), len(find_blocks(transformer)), int(steps), int(groups))
+        _fitted(uploaded, model, steps, groups)
     except ValueError as err:
         return _refused(err)
     return _schedule_updates(uploaded, request, "Uploaded. " + editor.summary(uploaded))
@@ -504,7 +507,7 @@ def build_demo(queue_size: int | None = None) -> gr.Blocks:
         all_computed.click(compute_every_cell, schedule, editing, api_visibility="private", queue=False)
         from_planner.click(planner_schedule, [model, steps, budget, groups, max_k], editing, api_name="plan",
                            concurrency_id="device", show_progress_on=[editor_note])
-        upload.upload(upload_schedule, [upload, schedule, model, steps, groups], editing, api_visibility="private")
+        upload.upload(upload_schedule, [upload, model, steps, groups], editing, api_visibility="private")
 
         named = dict(model=model, prompt=prompt, seed=seed, steps=steps, guidance=guidance, method=method,
                      budget=budget, groups=groups, max_k=max_k)
