@@ -69,7 +69,7 @@ def run(args):
         for module, key in [(transformer, "transformer"), (encoder, "encoder"), (ema_t, "ema_t"), (ema_e, "ema_e")]:
             module.load_state_dict(state[key])
         opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"].to(gen.get_state().device) if dev.type == "cpu" else state["gen"])
+        gen.set_state(state["gen"].cpu())  # a generator state is a CPU byte tensor, also for CUDA generators
         step = state["step"]
         print(f"resumed from {ckpt} at step {step}", flush=True)
 
