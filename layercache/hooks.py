@@ -5,7 +5,9 @@ Shaped like diffusers' `hooks/first_block_cache.py`: a config dataclass, a state
 one `apply_layer_cache` function. The model hook works out the step from the transformer's timestep
 (no supported pipeline passes it); the first block of a group either runs it or returns its inputs plus
 the predicted residual; the other blocks of a reused group pass their inputs through. A group's log holds its
-last K *computed* residuals (its anchors), never predicted ones (docs/design.md, "Predictors").
+last K *computed* residuals (its anchors), never predicted ones (docs/design.md, "Predictors"). On a schedule's
+velocity steps the model hook calls nothing and predicts the transformer's output from its log of outputs, as
+MeanCache does (docs/design.md, "Velocity steps").
 """
 
 import contextlib
@@ -18,6 +20,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils.torch_utils import unwrap_module
 
 from .groups import GroupLayout, find_blocks, model_id, model_spec
@@ -56,6 +59,8 @@ class LayerCacheState(BaseState):
         self.started = 0.0
         self.sigmas = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
         self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
+        self.output_sigmas = deque(maxlen=self.log_length)   # the transformer's outputs, for velocity steps
+        self.outputs = deque(maxlen=self.log_length)
 
 
 class StepTracker:
@@ -130,8 +135,19 @@ class StepTracker:
         return nearest
 
 
+def output_velocity(output) -> torch.Tensor:
+    """The velocity in a transformer's output (a tuple or a Transformer2DModelOutput)."""
+    return output[0] if isinstance(output, tuple) else output.sample
+
+
+def as_output(velocity: torch.Tensor, kwargs: dict):
+    """A predicted velocity in the form the pipeline asked the transformer for (`return_dict`)."""
+    return Transformer2DModelOutput(sample=velocity) if kwargs.get("return_dict", True) else (velocity,)
+
+
 class LayerCacheModelHook(ModelHook):
-    """On the transformer: finds the step from the timestep and starts a new generation when it goes back."""
+    """On the transformer: finds the step from the timestep and starts a new generation when it goes back; on a
+    velocity step it calls nothing and returns the velocity predicted from the log of the transformer's outputs."""
 
     _is_stateful = True
 
@@ -141,6 +157,7 @@ class LayerCacheModelHook(ModelHook):
         self.schedule = schedule
         self.telemetry = telemetry
         self.steps = StepTracker(state_manager, schedule, timestep_per_sigma)
+        self.velocity_steps = frozenset(schedule.velocity_steps)
 
     def new_forward(self, module, *args, **kwargs):
         with self.steps.default_context():
@@ -157,7 +174,20 @@ class LayerCacheModelHook(ModelHook):
             state.row = self.schedule.cells[step]
             if self.telemetry.enabled:
                 self.telemetry.begin_call(self.state_manager.context.name, step, sigma, state.row)
-            return self.fn_ref.original_forward(*args, **kwargs)
+            if not self.velocity_steps:
+                return self.fn_ref.original_forward(*args, **kwargs)
+            if step in self.velocity_steps and state.outputs:
+                cell = state.row[0]
+                velocity = predict(cell.predictor, list(state.outputs), list(state.output_sigmas), sigma,
+                                   state.sigma_next, cell.k)
+                output = as_output(velocity, kwargs)
+            else:
+                output = self.fn_ref.original_forward(*args, **kwargs)
+                velocity = output_velocity(output)
+            # predicted outputs are logged too: MeanCache's chained estimator, whose step costs plan these steps
+            state.output_sigmas.append(sigma)
+            state.outputs.append(velocity)
+            return output
 
     def reset_state(self, module):
         self.state_manager.reset()

@@ -11,44 +11,51 @@ import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
-from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from .calibrate import Calibration
 from .groups import model_spec
-from .hooks import StepTracker
+from .hooks import StepTracker, as_output, output_velocity
 from .planner import check_budget, shortest_schedule, steps_for
 from .predictors import predict
 from .schedule import Cell, Schedule
 
 
-def meancache_costs(outputs: np.ndarray, sigmas: list, k_values=(1, 2, 3, 4), gamma: float = 2.0):
-    """Edge costs of MeanCache's shortest path, from calibrated transformer outputs (T, N, S).
+def output_costs(outputs: np.ndarray, sigmas: list, predictors, gamma: float = 2.0):
+    """Edge costs of a shortest path over computed steps, from calibrated transformer outputs (T, N, S).
 
     cost[a, c] (0 <= a < c <= N; c = N is the end) is the cost of computing step a and next step c,
-    predicting the steps in between with MeanCache's estimator: the sum over skipped steps of the
-    relative L1 deviation (mean over trajectories) to the power gamma, history up to a taken from the
-    reference. best_k[a, c] is the window K that minimizes it; cost[a, a+1] = 0.
+    predicting the steps in between from the log of outputs with one (predictor, K) of `predictors`, each
+    prediction logged in turn (chained, as MeanCache does): the sum over skipped steps of the relative L1
+    deviation (mean over trajectories) to the power gamma, history up to a taken from the reference.
+    best[a, c] is the index in `predictors` that minimizes it; cost[a, a+1] = 0.
     """
     out = torch.from_numpy(np.asarray(outputs, dtype=np.float32))
     n = out.shape[1]
     grid = list(sigmas) + [0.0]
     norms = out.abs().sum(-1).clamp_min(1e-12)
     cost = np.full((n, n + 1), np.inf)
-    best_k = np.zeros((n, n + 1), dtype=int)
+    best = np.zeros((n, n + 1), dtype=int)
     for a in range(n):
-        cost[a, a + 1], best_k[a, a + 1] = 0.0, 1
-        for k in k_values:
+        cost[a, a + 1] = 0.0
+        for index, (kind, k) in enumerate(predictors):
             log = deque((out[:, j] for j in range(max(0, a + 1 - k), a + 1)), maxlen=k)
             log_sigmas = deque(grid[max(0, a + 1 - k):a + 1], maxlen=k)
             total = 0.0
             for i in range(a + 1, n):
-                pred = predict("mean", list(log), list(log_sigmas), grid[i], grid[i + 1], k)
+                pred = predict(kind, list(log), list(log_sigmas), grid[i], grid[i + 1], k)
                 total += float(((pred - out[:, i]).abs().sum(-1) / norms[:, i]).mean()) ** gamma
                 log.append(pred)
                 log_sigmas.append(grid[i])
                 if total < cost[a, i + 1]:
-                    cost[a, i + 1], best_k[a, i + 1] = total, k
-    return cost, best_k
+                    cost[a, i + 1], best[a, i + 1] = total, index
+    return cost, best
+
+
+def meancache_costs(outputs: np.ndarray, sigmas: list, k_values=(1, 2, 3, 4), gamma: float = 2.0):
+    """MeanCache's edge costs (`output_costs` with its estimator only); best_k[a, c] is the window K of least cost."""
+    k_values = list(k_values)
+    cost, best = output_costs(outputs, sigmas, [("mean", k) for k in k_values], gamma)
+    return cost, np.asarray(k_values)[best]
 
 
 def meancache_schedule(cal: Calibration, budget: float, gamma: float = 2.0, k_values=(1, 2, 3, 4)) -> Schedule:
@@ -105,11 +112,11 @@ class MeanCacheHook(ModelHook):
             cell = self.schedule.cells[step][0]
             if cell.compute or not state.outputs:
                 output = self.fn_ref.original_forward(*args, **kwargs)
-                velocity = output[0] if isinstance(output, tuple) else output.sample
+                velocity = output_velocity(output)
             else:
                 sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
                 velocity = predict("mean", list(state.outputs), list(state.sigmas), sigma, sigma_next, cell.k)
-                output = Transformer2DModelOutput(sample=velocity) if kwargs.get("return_dict", True) else (velocity,)
+                output = as_output(velocity, kwargs)
             state.sigmas.append(sigma)
             state.outputs.append(velocity)
             return output

@@ -139,17 +139,30 @@ def _paths(run: np.ndarray, counts) -> dict:
 
 # ---------------------------------------------------------------- the two allocations
 
-def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
+# What a velocity step predicts the transformer's output with, K chosen per gap on the calibrated outputs: MeanCache's
+# estimator. The slope and the parabola were tried too (chosen per gap on the same chained costs): on the bundled
+# model's evaluation seeds they lost 2.5-9 dB to it at 10-20 steps and budgets 0.5-0.2, so they are not offered.
+MEANCACHE_PREDICTORS = tuple(("mean", k) for k in (1, 2, 3, 4))
+
+
+def output_costs(cal: Calibration, predictors, gamma: float):
+    """`meancache.output_costs` on the calibration's transformer outputs."""
+    from .meancache import output_costs as costs
+
+    if cal.outputs.ndim != 3 or cal.outputs.shape[1] != cal.num_steps:
+        raise ValueError("this calibration has no transformer outputs; recalibrate to plan on the outputs")
+    return costs(cal.outputs, cal.sigmas, predictors, gamma)
+
+
+def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective, output_predictors=MEANCACHE_PREDICTORS):
     n = cal.num_steps
     count = steps_for(budget, n)
     if objective == "uniform":   # no model: the computed steps evenly spread, step 0 first
         steps, error = sorted({round(j * n / count) for j in range(count)}), float("nan")
         if max_reuse is not None and max(np.diff(steps + [n])) - 1 > max_reuse:
             error = np.inf
-    elif objective == "outputs":   # MeanCache's step costs: chained prediction of the transformer's output
-        from .meancache import meancache_costs
-
-        cost, _ = meancache_costs(cal.outputs, cal.sigmas, gamma=gamma)
+    elif objective == "outputs":   # chained prediction of the transformer's output (MeanCache's step costs)
+        cost, _ = output_costs(cal, output_predictors, gamma)
         if max_reuse is not None:
             cost[np.arange(n)[:, None] + max_reuse + 1 < np.arange(n + 1)[None, :]] = np.inf
         try:
@@ -212,7 +225,7 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
 
 def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
          predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals",
-         fixed: tuple | None = None) -> Schedule:
+         fixed: tuple | None = None, velocity: bool = False) -> Schedule:
     """The plan of least predicted error that executes at most `budget` of the block compute.
 
     Args:
@@ -229,6 +242,8 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
             by the residuals' error model).
         fixed: a (predictor, K) every reused cell takes, instead of each cell's least error by the error model
             (which is teacher-forced: end to end, one predictor throughout is sometimes better).
+        velocity: whole-step plans only: make every reused step a velocity step (the transformer not called, its
+            output predicted with MeanCache's estimator, K up to max_k chosen per gap on the calibrated outputs).
 
     Example:
         >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
@@ -258,14 +273,35 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         if not isinstance(fixed, (tuple, list)) or tuple(fixed) not in pairs:
             raise ValueError(f"fixed must be one of the allowed calibrated (predictor, K) pairs {pairs}, got {fixed!r}")
         allowed = [allowed[pairs.index(tuple(fixed))]]
-    allocate = _steps_allocation if allocation == "steps" else _groups_allocation
-    compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse, objective)
+    if velocity and allocation != "steps":
+        raise ValueError("velocity steps are whole steps: use allocation='steps'")
+    if velocity:
+        output_predictors = [(kind, k) for kind, k in MEANCACHE_PREDICTORS if max_k is None or k <= max_k]
+        compute, error = _steps_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective,
+                                           output_predictors)
+    else:
+        allocate = _steps_allocation if allocation == "steps" else _groups_allocation
+        compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
-            "predicted_error": error}
+            "velocity": velocity, "predicted_error": error}
     schedule = schedule_from_mask(cal, compute, meta, allowed)
+    if velocity:
+        _velocity_steps(schedule, cal, compute[:, 0], output_predictors, float(gamma))
     schedule.meta["compute_fraction"] = schedule.compute_fraction
     return schedule
+
+
+def _velocity_steps(schedule: Schedule, cal: Calibration, computed: np.ndarray, predictors, gamma: float) -> None:
+    """Turn every reused step of a whole-step plan into a velocity step, each gap taking the (predictor, K) of
+    least chained output error."""
+    _, best = output_costs(cal, predictors, gamma)
+    steps = np.flatnonzero(computed).tolist()
+    for a, c in zip(steps, steps[1:] + [cal.num_steps]):
+        for i in range(a + 1, c):
+            schedule.cells[i] = [Cell(False, *predictors[best[a, c]])] * schedule.num_groups
+    schedule.velocity_steps = [i for i in range(cal.num_steps) if not computed[i]]
+    schedule.__post_init__()   # validates the velocity steps
 
 
 def allowed_candidates(cal: Calibration, max_k=None, predictors=None) -> list[int]:
@@ -345,7 +381,8 @@ def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
 # leave); per-group plans.
 WHOLE_STEP_OPTIONS = ({"gamma": 2.0}, {"gamma": 1.0}, {"objective": "outputs"},
                       {"objective": "outputs", "predictors": ("mean",)}, {"objective": "uniform"},
-                      {"objective": "uniform", "predictors": ("mean",)}, {"objective": "regular"})
+                      {"objective": "uniform", "predictors": ("mean",)}, {"objective": "regular"},
+                      {"objective": "outputs", "velocity": True}, {"objective": "outputs", "velocity": True, "gamma": 1.0})
 VERIFIED_OPTIONS = (*({"allocation": "steps", **o} for o in WHOLE_STEP_OPTIONS), {"allocation": "groups", "gamma": 2.0})
 # One predictor throughout, tried on the steps of the best plans: the error model picks each cell's predictor
 # teacher-forced, and end to end the JVP slope (or MeanCache's estimator) on every reused cell is sometimes better.
@@ -394,7 +431,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         except OutOfReach:
             return
         name = option_name(option)
-        cells = str([[c.encode() for c in row] for row in schedule.cells])
+        cells = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps))
         if cells in seen:   # the same plan as an earlier option: same end-to-end error
             tried[name] = tried[seen[cells]]
             return
@@ -410,7 +447,8 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         check(option, index)
     first = sorted(plans, key=tried.get)[:refine]
     for index, (name, predictor) in enumerate((n, f) for n in first for f in fixed):
-        steps_of = {k: v for k, v in plans[name][0].items() if k != "predictors"}   # `fixed` replaces the choice
+        # `fixed` replaces the choice of predictor; at velocity steps it is tried on the groups' residuals instead
+        steps_of = {k: v for k, v in plans[name][0].items() if k not in ("predictors", "velocity")}
         check({**steps_of, "fixed": tuple(predictor)}, len(candidates) + index)
     if not plans:
         raise OutOfReach(f"budget {budget} is out of reach under every option tried ({list(candidates)})")

@@ -1,5 +1,9 @@
 """A Schedule says, for every (step, group), compute the group or reuse it with a predictor and span K.
 
+A step whose groups are all reused can also be a *velocity step*: the transformer is not called at all and its
+output (the velocity) is predicted from the log of its outputs with the row's predictor and K, as MeanCache
+does (docs/design.md, "Velocity steps"). It skips the embeddings and the final layer too.
+
 Schedules are JSON files with a format version; loading validates everything and says what is wrong.
 The greedy allocator that builds them from a calibration lives in `planner.py`.
 """
@@ -11,7 +15,7 @@ from pathlib import Path
 from .predictors import PREDICTORS
 
 FORMAT = "layercache.schedule"
-VERSION = 1
+VERSION = 2   # 2: velocity steps (version-1 files, which have none, still load)
 MAX_K = 16
 MAX_FILE_BYTES = 2_000_000
 
@@ -46,6 +50,18 @@ class Schedule:
     group_costs: list     # fraction of block compute per group
     cells: list           # [step][group] -> Cell
     meta: dict = field(default_factory=dict)
+    velocity_steps: list = field(default_factory=list)   # fully reused steps predicted at the transformer's output
+
+    def __post_init__(self):
+        self.velocity_steps = sorted(set(self.velocity_steps))
+        for step in self.velocity_steps:
+            if not isinstance(step, int) or not 1 <= step < len(self.cells) \
+                    or any(cell.compute for cell in self.cells[step]):
+                raise ValueError(f"velocity step {step!r} must be a step from 1 to {len(self.cells) - 1} on which "
+                                 f"every group is reused")
+            if len({cell.encode() for cell in self.cells[step]}) != 1:
+                raise ValueError(f"on velocity step {step} every group must name the same predictor and K, got "
+                                 f"{[cell.encode() for cell in self.cells[step]]}")
 
     @property
     def num_steps(self) -> int:
@@ -74,14 +90,15 @@ class Schedule:
         return {"format": FORMAT, "version": VERSION, "model_id": self.model_id, "num_steps": self.num_steps,
                 "sigmas": self.sigmas, "num_blocks": self.num_blocks, "group_starts": self.group_starts,
                 "group_costs": self.group_costs, "cells": [[c.encode() for c in row] for row in self.cells],
-                "meta": self.meta}
+                "velocity_steps": self.velocity_steps, "meta": self.meta}
 
     @classmethod
     def from_json(cls, data: dict) -> "Schedule":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a LayerCache schedule: expected \"format\": \"{FORMAT}\"")
-        if data.get("version") != VERSION:
-            raise ValueError(f"schedule format version {data.get('version')!r} is not supported (expected {VERSION})")
+        if data.get("version") not in (1, VERSION):
+            raise ValueError(f"schedule format version {data.get('version')!r} is not supported (expected 1 to "
+                             f"{VERSION})")
         missing = [k for k in ("model_id", "num_steps", "sigmas", "num_blocks", "group_starts", "group_costs",
                                "cells") if k not in data]
         if missing:
@@ -105,8 +122,11 @@ class Schedule:
         cells = [[Cell.decode(c) for c in row] for row in rows]
         if not all(cell.compute for cell in cells[0]):
             raise ValueError("schedule must compute every group at step 0: there is nothing to reuse yet")
+        velocity = data.get("velocity_steps", [])
+        if not isinstance(velocity, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in velocity):
+            raise ValueError("schedule velocity_steps must be a list of step numbers")
         return cls(data["model_id"], [float(s) for s in sigmas], list(starts), blocks, [float(c) for c in costs],
-                   cells, dict(data.get("meta", {})))
+                   cells, dict(data.get("meta", {})), velocity)
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))

@@ -84,6 +84,35 @@ def test_meancache_all_compute_is_bit_identical(tiny_pipe, ctx):
     assert torch.equal(cached, reference)
 
 
+def test_velocity_steps_with_meancaches_estimator_are_meancache_exactly(tiny_pipe, ctx):
+    """LayerCache's velocity steps on MeanCache's steps, with its estimator, are MeanCache to the bit, and
+    call no block: a whole-step reuse costs what MeanCache's costs."""
+    from layercache.hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+    from layercache.planner import plan
+
+    cal, call = ctx.calibration(4), eval_call([100, 101])
+    schedule = plan(cal, 0.5, objective="outputs", velocity=True)
+    peer = meancache_schedule(cal, 0.5)
+    assert schedule.velocity_steps == [i for i, row in enumerate(peer.cells) if not row[0].compute]
+    apply_meancache(tiny_pipe.transformer, peer)
+    try:
+        expected = tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent").images
+    finally:
+        remove_meancache(tiny_pipe.transformer)
+    apply_layer_cache(tiny_pipe.transformer, LayerCacheConfig(schedule, telemetry=False))
+    try:
+        with BlockCounter(tiny_pipe.transformer) as counter:
+            got = tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent").images
+    finally:
+        remove_layer_cache(tiny_pipe.transformer)
+    assert torch.equal(got, expected)
+    with BlockCounter(tiny_pipe.transformer) as full:
+        tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent")
+    assert counter.macs / full.macs == pytest.approx(schedule.compute_fraction, abs=1e-9)
+    with pytest.raises(ValueError, match="whole steps"):
+        plan(cal, 0.5, allocation="groups", velocity=True)
+
+
 def test_replays_of_diffusers_rules():
     assert taylorseer_computed_steps(1, 3, 10) == 10
     assert taylorseer_computed_steps(2, 3, 10) == 3 + 3          # steps 4, 6, 8 after the warm-up

@@ -266,6 +266,21 @@ def test_schedule_json_roundtrip_and_corrupt_files(cal, tmp_path):
         path.write_text(text)
         with pytest.raises(ValueError, match=message):
             lc.Schedule.load(path)
+    velocity = plan(cal, 0.5, objective="outputs", velocity=True)   # version 2: velocity steps
+    assert velocity.velocity_steps and lc.Schedule.from_json(velocity.to_json()).to_json() == velocity.to_json()
+    reused = velocity.velocity_steps[0]
+    for message, bad in {
+        "velocity step 0": dict(velocity.to_json(), velocity_steps=[0]),
+        "every group is reused": dict(data, velocity_steps=[next(i for i, row in enumerate(data["cells"])
+                                                                  if "compute" in row and i > 0)]),
+        "same predictor": dict(velocity.to_json(), cells=[row if i != reused else ["mean:1", "mean:2", "mean:1",
+                                                                                   "mean:1"]
+                                                          for i, row in enumerate(velocity.to_json()["cells"])]),
+        "list of step numbers": dict(data, velocity_steps="3"),
+    }.items():
+        with pytest.raises(ValueError, match=message):
+            lc.Schedule.from_json(bad)
+    assert lc.Schedule.from_json({**data, "version": 1}).velocity_steps == []   # version-1 files still load
     path.write_bytes(b"\x00" * 3_000_000)
     with pytest.raises(ValueError, match="larger than"):
         lc.Schedule.load(path)

@@ -28,7 +28,9 @@ def table(schedule_json: dict | None):
         return pd.DataFrame({"group": ["(no schedule yet: run LayerCache or press “Start from the planner”)"]})
     schedule = Schedule.from_json(schedule_json)
     ends = schedule.group_starts[1:] + [schedule.num_blocks]
-    rows = [[f"{g} (blocks {a}–{b - 1})"] + [label(schedule.cells[s][g]) for s in range(schedule.num_steps)]
+    # "v" marks a velocity step: the whole transformer skipped, its output predicted
+    rows = [[f"{g} (blocks {a}–{b - 1})"] + [("v " if s in schedule.velocity_steps else "") + label(schedule.cells[s][g])
+                                             for s in range(schedule.num_steps)]
             for g, (a, b) in enumerate(zip(schedule.group_starts, ends))]
     frame = pd.DataFrame(rows, columns=["group"] + [str(s) for s in range(schedule.num_steps)])
     return frame.style.map(lambda v: f"background-color: {COMPUTED if v == 'run' else REUSED}; color: white",
@@ -42,7 +44,9 @@ def summary(schedule_json: dict | None) -> str:
     reused = sum(not c.compute for row in schedule.cells for c in row)
     fraction = schedule.compute_fraction
     return (f"This schedule runs **{fraction:.0%}** of the block compute (ideal speed-up **{1 / fraction:.2f}×**); "
-            f"{reused} of {schedule.num_steps * schedule.num_groups} cells reused. Made by: "
+            f"{reused} of {schedule.num_steps * schedule.num_groups} cells reused"
+            + (f"; {len(schedule.velocity_steps)} velocity steps (v: the transformer skipped, its output predicted)"
+               if schedule.velocity_steps else "") + ". Made by: "
             f"{schedule.meta.get('method', 'unknown')}.")
 
 
@@ -68,6 +72,7 @@ def toggle(schedule_json: dict, step: int, group: int, whole_step: bool, predict
     for g in groups:
         row[g] = Cell(False, predictor, int(k)) if reuse else Cell(True)
     schedule.cells[step] = row
+    schedule.velocity_steps = [s for s in schedule.velocity_steps if s != step]   # a painted step runs the transformer
     schedule.meta = {"method": "painted in the app", "from": schedule.meta.get("method", "unknown")}
     return schedule.to_json()
 
@@ -78,6 +83,7 @@ def compute_all(schedule_json: dict) -> dict:
         raise ValueError("there is no schedule to edit yet: run LayerCache or press “Start from the planner”")
     schedule = Schedule.from_json(schedule_json)
     schedule.cells = [[Cell(True)] * schedule.num_groups for _ in range(schedule.num_steps)]
+    schedule.velocity_steps = []
     schedule.meta = {"method": "painted in the app", "from": "all computed"}
     return schedule.to_json()
 
