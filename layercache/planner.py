@@ -378,11 +378,13 @@ def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
 
 # Whole steps chosen on the residuals (squared and absolute errors), on the outputs, evenly spread and in a regular
 # pattern, the outputs and evenly spread also with MeanCache's estimator only (it stays bounded over the long gaps they
-# leave); per-group plans.
+# leave); MeanCache's steps as velocity steps (the transformer's output predicted, squared and absolute errors);
+# per-group plans.
 WHOLE_STEP_OPTIONS = ({"gamma": 2.0}, {"gamma": 1.0}, {"objective": "outputs"},
                       {"objective": "outputs", "predictors": ("mean",)}, {"objective": "uniform"},
                       {"objective": "uniform", "predictors": ("mean",)}, {"objective": "regular"},
-                      {"objective": "outputs", "velocity": True}, {"objective": "outputs", "velocity": True, "gamma": 1.0})
+                      {"objective": "outputs", "velocity": True},
+                      {"objective": "outputs", "velocity": True, "gamma": 1.0})
 VERIFIED_OPTIONS = (*({"allocation": "steps", **o} for o in WHOLE_STEP_OPTIONS), {"allocation": "groups", "gamma": 2.0})
 # One predictor throughout, tried on the steps of the best plans: the error model picks each cell's predictor
 # teacher-forced, and end to end the JVP slope (or MeanCache's estimator) on every reused cell is sometimes better.

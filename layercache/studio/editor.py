@@ -29,8 +29,8 @@ def table(schedule_json: dict | None):
     schedule = Schedule.from_json(schedule_json)
     ends = schedule.group_starts[1:] + [schedule.num_blocks]
     # "v" marks a velocity step: the whole transformer skipped, its output predicted
-    rows = [[f"{g} (blocks {a}–{b - 1})"] + [("v " if s in schedule.velocity_steps else "") + label(schedule.cells[s][g])
-                                             for s in range(schedule.num_steps)]
+    marks = ["v " if s in schedule.velocity_steps else "" for s in range(schedule.num_steps)]
+    rows = [[f"{g} (blocks {a}–{b - 1})"] + [marks[s] + label(schedule.cells[s][g]) for s in range(schedule.num_steps)]
             for g, (a, b) in enumerate(zip(schedule.group_starts, ends))]
     frame = pd.DataFrame(rows, columns=["group"] + [str(s) for s in range(schedule.num_steps)])
     return frame.style.map(lambda v: f"background-color: {COMPUTED if v == 'run' else REUSED}; color: white",
