@@ -247,7 +247,8 @@ def train_classifier(args):
     run(args)
 
 
-@command("write the bundled model's shipped calibrations to assets/calibrations/",
+@command("write a bundled model's shipped calibrations to assets/calibrations/",
+         arg("--model", default="tiny", help="a bundled model's key (default: %(default)s)"),
          arg("--steps", type=int, nargs="+", default=[30, 50], help="(default: %(default)s)"),
          arg("--groups", type=int, nargs="+", default=[4], help="(default: %(default)s)"))
 def calibrate_shipped(args):

@@ -155,6 +155,10 @@ def _layercache_groups(ctx, budget):
                              "layercache-groups", budget)
 
 
+def _layercache_steps(ctx, budget):
+    return LayerCacheSetting(_planned(ctx, ctx.num_groups, budget, False, max_k=ctx.max_k), "layercache-steps", budget)
+
+
 def _layercache_k1(ctx, budget):
     schedule = _planned(ctx, ctx.num_groups, budget, ctx.check_all, max_k=1, predictors=("slope",))
     return LayerCacheSetting(schedule, "layercache-k1", budget)
@@ -190,6 +194,8 @@ METHODS = {m.key: m for m in [
            uses_k=True),
     Method("layercache-groups", "each group on its own steps (the per-group optimum of the error model)",
            _layercache_groups, "LayerCache, per group", uses_k=True, in_benchmark=False),
+    Method("layercache-steps", "all groups on the same steps (the whole-step optimum of the error model), to compare "
+           "with layercache-groups at matched compute", _layercache_steps, uses_k=True, in_benchmark=False),
     Method("layercache-k1", "ablation: K fixed to 1 (no JVP)", _layercache_k1, "LayerCache, K=1 (no JVP)"),
     Method("layercache-g1", "ablation: a single group", _layercache_g1),
     Method("meancache", "whole-model MeanCache, DP schedule", _meancache, "MeanCache"),

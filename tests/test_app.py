@@ -137,6 +137,14 @@ def test_other_methods_in_the_cached_lane(client, method):
     assert metrics["method"] == method and metrics["compute_speedup"] >= 1 and metrics["ssim"] > 0.3
 
 
+def test_the_second_bundled_model_runs_in_the_app(client):
+    """The FLUX-family bundled model streams and ends with metrics like the default one."""
+    outputs, _ = run(client, "tiny-flux", "4", 2, STEPS, 3.0, 0.5, 4, 3, "LayerCache", 0.1)
+    metrics = outputs[-1][6]
+    assert outputs[-1][0].startswith("**Done") and metrics["compute_speedup"] > 1.5 and metrics["ssim"] > 0.3
+    assert outputs[-1][1] is not None and outputs[-1][2] is not None
+
+
 def test_explore_view(client):
     velocity, stability, note = client.predict("tiny", "two", 3, STEPS, 3, 4, 3.0, api_name="/explore")
     assert "Heterogeneity ratio" in note and ("behave alike" in note or "more stable than" in note)

@@ -176,3 +176,20 @@ def test_default_architecture_is_the_bundled_model(pipe):
     from layercache.models.tiny.model import build_transformer
 
     assert model_id(build_transformer()) == model_id(pipe.transformer)  # the shipped calibrations stay valid
+
+
+@pytest.mark.parametrize("key, family, blocks", [("tiny", "QwenImageTransformer2DModel", 12),
+                                                 ("tiny-flux", "FluxTransformer2DModel", 12)])
+def test_each_bundled_model_loads_by_key_and_draws_recognisable_digits(key, family, blocks):
+    """Both bundled models (two architectures) load from the registry and pass a fidelity smoke test: one digit
+    of each class at 30 steps, judged by the independent classifier (the full figure: `python -m layercache
+    fidelity`, in the README)."""
+    from layercache.evaluation.fidelity import run_fidelity
+    from layercache.groups import find_blocks
+    from layercache.models.registry import load_pipeline, shipped_calibration
+
+    model = load_pipeline(key)
+    assert type(model.transformer).__name__ == family and len(find_blocks(model.transformer)) == blocks
+    figures = run_fidelity(model, per_class=1, steps=30, log=lambda line: None)
+    assert figures["generated_accuracy"] >= 0.9, figures["per_class_accuracy"]
+    assert shipped_calibration(key, 30, 4).is_file()

@@ -328,10 +328,12 @@ PEERS = {m.key: m for m in [
 ]}
 _ORDER = ("layercache", "layercache-k1", "layercache-g1", "layercache-uniform", "meancache", "fbcache", "taylorseer",
           "magcache", "fewer-steps", "fixed-interval")
-METHODS = {key: {**LIBRARY, **PEERS}[key] for key in _ORDER}   # the benchmark's methods, in its order
+METHODS = {key: {**LIBRARY, **PEERS}[key] for key in _ORDER}   # the benchmark's methods ("all"), in its order
+# also runnable when named: the library's comparison plans (per group vs whole steps at matched compute)
+SELECTABLE = {**METHODS, **{key: m for key, m in LIBRARY.items() if key not in METHODS}}
 
 
 def prepare(name: str, ctx: BenchContext, budget: float) -> Cache:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
-    return prepare_cache(METHODS[name], ctx, budget)
+    if name not in SELECTABLE:
+        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(SELECTABLE)}")
+    return prepare_cache(SELECTABLE[name], ctx, budget)

@@ -73,14 +73,14 @@ def parse_steps(text) -> list[int]:
 
 
 def parse_methods(text: str) -> list[str]:
-    from .baselines import METHODS
+    from .baselines import METHODS, SELECTABLE
 
     names = [p.strip() for p in str(text).split(",") if p.strip()]
     if names == ["all"]:
         return list(METHODS)
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in SELECTABLE]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: all, {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: all, {', '.join(SELECTABLE)}")
     if not names:
         raise ValueError("--methods is empty; give a comma list or 'all'")
     return list(dict.fromkeys(names))
@@ -98,8 +98,8 @@ def validate(args) -> dict:
 
     entry = get_entry(args.model)
     if not entry.bundled:
-        raise ValueError(f"bench runs the bundled model only (its evaluation set, classifier and calibrations "
-                         f"are bundled); {args.model!r} is not supported yet")
+        raise ValueError(f"bench runs the bundled models only (their evaluation set, classifier and calibrations "
+                         f"are bundled); {args.model!r} is a hub model: use bench-gpu for it")
     methods, budgets, seeds = parse_methods(args.methods), parse_budgets(args.budgets), parse_seeds(args.seeds)
     overlap = sorted(set(seeds) & set(CALIBRATION_SEEDS))
     if overlap:
@@ -115,7 +115,7 @@ def validate(args) -> dict:
 
 
 ARGUMENTS = [
-    (("--model",), {"default": "tiny", "help": "model key (default: %(default)s; only the bundled model for now)"}),
+    (("--model",), {"default": "tiny", "help": "a bundled model's key: tiny or tiny-flux (default: %(default)s)"}),
     (("--methods",), {"default": "all", "help": "comma list of methods, or 'all' (default: %(default)s)"}),
     (("--budgets",), {"default": DEFAULT_BUDGETS, "help": "comma list of compute budgets in (0, 1] "
                                                           "(default: %(default)s)"}),

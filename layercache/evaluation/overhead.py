@@ -3,8 +3,10 @@
     python -m layercache overhead [--repeats 7] [--budgets 0.7,0.5,0.35,0.25,0.2] [--steps 50]
 
 Prints: hooked-but-all-computed time / unhooked time (target <= 1.03), and at each budget the realized
-wall-clock speed-up of LayerCache (`planner.plan`) and of MeanCache (same calibration) against the ideal one,
-1 / executed compute fraction (target: LayerCache within 10% of ideal and not below MeanCache by more than noise).
+wall-clock speed-up of LayerCache (`planner.plan`: reused steps reuse the groups' residuals), of LayerCache with
+velocity steps (`plan(..., objective="outputs", velocity=True)`: a reused step calls nothing) and of MeanCache (same
+calibration) against the ideal one, 1 / executed compute fraction (target: LayerCache within 10% of ideal and not
+below MeanCache by more than noise).
 """
 
 import statistics
@@ -29,6 +31,7 @@ def run(args):
     schedules = {"all computed": plan(cal, 1.0)}
     for budget in budgets:
         schedules[f"layercache {budget}"] = plan(cal, budget)
+        schedules[f"velocity {budget}"] = plan(cal, budget, objective="outputs", velocity=True)
         schedules[f"meancache {budget}"] = meancache_schedule(cal, budget)
 
     def timed(schedule=None):
@@ -56,14 +59,15 @@ def run(args):
     print(f"one {args.steps}-step image with CFG, median of {args.repeats} interleaved repeats"
           f" (telemetry {'on' if args.telemetry else 'off'}):")
     for name, value in median.items():
-        print(f"  {name:<14} {value:.3f} s")
+        print(f"  {name:<15} {value:.3f} s")
     overhead = median["all computed"] / median["unhooked"]
     print(f"overhead, every cell computed: {overhead:.3f}x the unhooked time (target <= 1.03)")
-    print("| budget | ideal | LayerCache wall× | of ideal | MeanCache wall× | of ideal |")
-    print("|---|---|---|---|---|---|")
+    print("| budget | ideal | LayerCache wall× | of ideal | velocity steps wall× | of ideal | MeanCache wall× "
+          "| of ideal |")
+    print("|---|---|---|---|---|---|---|---|")
     for budget in budgets:
         row = [f"{budget:g}", f"{1 / schedules[f'layercache {budget}'].compute_fraction:.2f}×"]
-        for method in ("layercache", "meancache"):
+        for method in ("layercache", "velocity", "meancache"):
             schedule = schedules[f"{method} {budget}"]
             realized = median["unhooked"] / median[f"{method} {budget}"]
             row += [f"{realized:.2f}×", f"{realized * schedule.compute_fraction:.2f}"]

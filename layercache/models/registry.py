@@ -23,6 +23,11 @@ class ModelEntry:
     default_steps: int
     default_guidance: float
     prompt_hint: str
+    weights: str | None = None   # bundled models: their folder under assets/
+
+    @property
+    def weights_path(self) -> Path:
+        return ASSETS / self.weights
 
     @property
     def bundled(self) -> bool:
@@ -31,7 +36,9 @@ class ModelEntry:
 
 MODELS = {
     "tiny": ModelEntry("tiny", "Bundled digits (Qwen-Image family, 12 blocks, CPU)", None, "TinyDigitPipeline",
-                       30, 3.0, "a digit: 7, seven, digit 7"),
+                       30, 3.0, "a digit: 7, seven, digit 7", "tiny"),
+    "tiny-flux": ModelEntry("tiny-flux", "Bundled digits (FLUX family, 4 double + 8 single blocks, CPU)", None,
+                            "TinyDigitPipeline", 30, 3.0, "a digit: 7, seven, digit 7", "tiny_flux"),
     "qwen-image": ModelEntry("qwen-image", "Qwen-Image (60 blocks)", "Qwen/Qwen-Image", "QwenImagePipeline",
                              50, 4.0, "a text prompt"),
     "flux-dev": ModelEntry("flux-dev", "FLUX.1-dev (19 double + 38 single blocks)", "black-forest-labs/FLUX.1-dev",
@@ -104,7 +111,7 @@ def load_pipeline(key: str, device: str | None = None):
         raise ValueError(reason)
     if entry.bundled:
         from .tiny import TinyDigitPipeline
-        return TinyDigitPipeline.from_weights(device=device or "cpu")
+        return TinyDigitPipeline.from_weights(entry.weights_path, device=device or "cpu")
     import diffusers
     from huggingface_hub import is_offline_mode
 

@@ -55,9 +55,10 @@ def write_exports(rows: list, folder: Path) -> list:
 
 
 def benchmark_records(model: str, steps: int) -> list:
-    """The shipped benchmark's records for this model and step count (the bundled model only), or none."""
-    path = ASSETS / f"bench_grid_steps{int(steps)}.json"
-    if model != "tiny" or not path.is_file():
+    """The shipped benchmark's records for this model and step count (bundled models only), or none."""
+    path = ASSETS / (f"bench_grid_steps{int(steps)}.json" if model == "tiny" else
+                     f"bench_grid_{model}_steps{int(steps)}.json")
+    if not path.is_file():
         return []
     try:
         records = json.loads(path.read_text())["records"]

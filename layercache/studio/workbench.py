@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..methods import by_label
 from ..methods import prepare as prepare_cache
+from ..models.registry import get_entry
 from .runner import LockstepRunner
 
 HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
@@ -140,7 +141,7 @@ class Workbench:
 def _verification_calls(key: str) -> list:
     """What the app runs candidate plans on: two calibration-seed digits (one prompt for hub models), so that a
     plan for a new setting is checked in seconds."""
-    if key == "tiny":
+    if get_entry(key).bundled:
         from ..models.tiny.sets import CALIBRATION_SEEDS
         return [{"label": [3, 8], "seed": CALIBRATION_SEEDS[0]}]
     return calibration_calls(key)[:1]
@@ -149,9 +150,9 @@ def _verification_calls(key: str) -> list:
 def calibration_calls(key: str) -> list:
     """What a model is calibrated on: the bundled model's calibration seeds, every digit; hub models' prompts at
     the model's default guidance, passed the way its pipeline takes it (Qwen-Image: true CFG, both branches)."""
-    if key == "tiny":
+    if get_entry(key).bundled:
         from ..models.tiny.sets import calibration_calls as tiny_calls
         return tiny_calls()
-    from ..models.registry import get_entry, pipeline_call
+    from ..models.registry import pipeline_call
     guidance = get_entry(key).default_guidance
     return [dict(pipeline_call(key, c["prompt"], guidance), seed=c["seed"]) for c in HUB_CALIBRATION_CALLS]
