@@ -57,6 +57,19 @@ def test_cached_run_reuses_and_reports_telemetry(runner, calibration):
     assert np.array_equal(events[-1]["images"]["cached"], final["images"]["cached"])  # runs repeat exactly
 
 
+def test_velocity_steps_stream_every_step_and_realize_their_compute(runner, calibration):
+    """A plan with velocity steps (the transformer skipped) in the app's lanes: every step still streams both
+    previews, its groups read as reused, and the run realizes the plan's compute."""
+    schedule = lc.plan(calibration, 0.5, objective="outputs", velocity=True)
+    events = run_all(runner, LayerCacheSetting(schedule))
+    steps, final = events[:-1], events[-1]
+    assert schedule.velocity_steps and [e["step"] for e in steps] == list(range(STEPS))
+    assert all(g["computed"] == 0.0 for s in schedule.velocity_steps for g in steps[s]["groups"])
+    assert all(e["previews"]["cached"].shape == (32, 32) for e in steps)
+    assert final["metrics"]["compute_fraction"] == pytest.approx(schedule.compute_fraction)
+    assert 0 < final["metrics"]["psnr"] < float("inf")
+
+
 def test_cancel_mid_run_leaves_next_run_correct(runner, calibration):
     method = LayerCacheSetting(lc.plan(calibration, 0.6))
     fresh = run_all(runner, method, seed=5)[-1]
