@@ -324,7 +324,11 @@ def compute_every_cell(schedule, request: gr.Request = None):
         return _refused(err)
 
 
-@GPU(duration=DEFAULTS["gpu_duration_s"])
+def plan_seconds(model, steps, budget, groups, *args, **kwargs):
+    return gpu_time.run(bench, model, steps, groups, budget, "LayerCache", lanes=0)
+
+
+@GPU(duration=plan_seconds)
 def planner_schedule(model, steps, budget, groups, max_k, progress=gr.Progress(), request: gr.Request = None):
     """What LayerCache would run at the current settings, to paint on."""
     try:

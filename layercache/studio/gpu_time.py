@@ -8,6 +8,7 @@ step, all CFG branches), plus a fixed allowance (moving weights onto the GPU, te
   calibrates, on every calibration call; LayerCache's first run of a budget also checks its candidate plans end to
   end (`planner.plan_verified`: a reference run and each candidate, on one call). All of it inside the same call,
   so the call asks for all of it.
+- the planner's schedule for the editor: the same calibration and plan check, no lanes.
 - a painted schedule: both lanes; Explore: one uncached run.
 
 The bundled model (CPU) and models without a step figure take the fixed `defaults.gpu_duration_s`. Inputs a call
@@ -33,11 +34,12 @@ def _seconds(key, steps, runs) -> int:
     return int(ALLOWANCE_S + runs * steps * per_step + 0.999)
 
 
-def run(bench, key, steps, groups, budget, method) -> int:
-    """`run`'s duration: the two lanes, and the calibration and plan check its first run of a setting makes."""
+def run(bench, key, steps, groups, budget, method, lanes: int = 2) -> int:
+    """`run`'s duration: the two lanes, and the calibration and plan check its first run of a setting makes
+    (lanes=0: the planner's schedule alone)."""
     from .workbench import calibration_calls
 
-    runs = 2
+    runs = lanes
     try:
         steps, groups = int(steps), int(groups)
         if bench.calibration_source(key, steps, groups)[0] == "to calibrate":

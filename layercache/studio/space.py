@@ -53,11 +53,13 @@ def serve(path=SPACE_YAML) -> dict:
         raise ValueError(f"{path}: serve.default is {default!r}; it must be one of the served models or the bundled "
                          f"one: {', '.join(allowed)}")
     seconds = section.get("step_seconds") or {}
-    missing = [key for key in models if not isinstance(seconds.get(key), (int, float)) or seconds[key] <= 0]
-    if missing:
+    bad = [key for key in {*models, *seconds} if key not in hub or not isinstance(seconds.get(key), (int, float))
+           or seconds[key] <= 0]
+    if bad:
         raise ValueError(f"{path}: serve.step_seconds needs a positive number of GPU seconds per denoising step for "
-                         f"{', '.join(missing)} (it sizes the GPU calls' durations)")
-    return {"models": list(models), "default": default, "step_seconds": {k: float(seconds[k]) for k in models}}
+                         f"each served hub model, by key ({', '.join(hub)}); wrong or missing for "
+                         f"{', '.join(sorted(bad))} (it sizes the GPU calls' durations)")
+    return {"models": list(models), "default": default, "step_seconds": {k: float(v) for k, v in seconds.items()}}
 
 
 def preload_entry(key: str) -> str:
