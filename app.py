@@ -21,11 +21,11 @@ import torch
 from layercache.groups import find_blocks, model_id
 from layercache.heterogeneity import heterogeneity
 from layercache.methods import LayerCacheSetting, Uncached, app_methods
-from layercache.models.registry import MODELS, availability, pipeline_call
+from layercache.models.registry import MODELS, pipeline_call
 from layercache.models.tiny.pipeline import parse_prompt
 from layercache.planner import check_budget
 from layercache.predictors import PREDICTORS
-from layercache.studio import editor, history, lesson, viz
+from layercache.studio import editor, gpu_time, history, lesson, serving, viz
 from layercache.studio.space import defaults as space_defaults
 from layercache.studio.workbench import Workbench
 
@@ -93,7 +93,7 @@ def configure_torch():
 
 
 def model_choices():
-    return [(entry.label if availability(key)[0] else f"{entry.label} — unavailable", key)
+    return [(entry.label if bench.availability(key)[0] else f"{entry.label} — unavailable", key)
             for key, entry in MODELS.items()]
 
 
@@ -101,7 +101,7 @@ def check_settings(model, steps, budget, groups, max_k):
     """The settings a run and a schedule share, each with a message that says what to change."""
     if model not in MODELS:
         raise ValueError(f"model {model!r} is not on the list: {', '.join(MODELS)}")
-    ok, reason = availability(model)
+    ok, reason = bench.availability(model)
     if not ok:
         raise ValueError(reason)
     for name, value, low, high in (("steps", steps, 2, MAX_STEPS), ("number of groups", groups, 1, 1000),
@@ -142,7 +142,21 @@ def _heatmaps(grids, max_k) -> dict:
     return {f"heat_{key}": fig for key, fig in zip(viz.HEATMAPS, viz.heatmaps(grids, max_k))}
 
 
-@GPU(duration=DEFAULTS["gpu_duration_s"])
+def run_seconds(model, prompt, seed, steps, guidance, budget, groups, max_k, method, *args, **kwargs):
+    """`run`'s GPU duration (ZeroGPU calls it with run's arguments): a setting's first run also calibrates and
+    checks its plan, in the same call."""
+    return gpu_time.run(bench, model, steps, groups, budget, method)
+
+
+def schedule_seconds(schedule, model, prompt, seed, steps, *args, **kwargs):
+    return gpu_time.lanes(model, steps)
+
+
+def explore_seconds(model, prompt, seed, steps, *args, **kwargs):
+    return gpu_time.explore(model, steps)
+
+
+@GPU(duration=run_seconds)
 def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, threshold, runs=None, clicked_at=None,
         progress=gr.Progress(), request: gr.Request = None):
     """Streams the two lanes (see OUTPUTS): the cached lane runs `method` planned for `budget`."""
@@ -154,7 +168,7 @@ def run(model, prompt, seed, steps, guidance, budget, groups, max_k, method, thr
     yield from _stream(prepare, prompt, seed, guidance, settings, runs, clicked_at, progress, request)
 
 
-@GPU(duration=DEFAULTS["gpu_duration_s"])
+@GPU(duration=schedule_seconds)
 def run_schedule(schedule, model, prompt, seed, steps, guidance, groups, max_k, runs=None, clicked_at=None,
                  progress=gr.Progress(), request: gr.Request = None):
     """Streams the two lanes with the painted schedule (this session's editor) in the cached lane."""
@@ -257,7 +271,7 @@ def _history(runs, metrics, settings, session) -> dict:
                 history_files=exports)
 
 
-@GPU(duration=DEFAULTS["gpu_duration_s"])
+@GPU(duration=explore_seconds)
 def explore(model, prompt, seed, steps, groups, max_k, guidance, progress=gr.Progress()):
     try:
         check_inputs(model, prompt, seed, steps, 1.0, groups, max_k, "LayerCache")
@@ -311,7 +325,11 @@ def compute_every_cell(schedule, request: gr.Request = None):
         return _refused(err)
 
 
-@GPU(duration=DEFAULTS["gpu_duration_s"])
+def plan_seconds(model, steps, budget, groups, *args, **kwargs):
+    return gpu_time.run(bench, model, steps, groups, budget, "LayerCache", lanes=0)
+
+
+@GPU(duration=plan_seconds)
 def planner_schedule(model, steps, budget, groups, max_k, progress=gr.Progress(), request: gr.Request = None):
     """What LayerCache would run at the current settings, to paint on."""
     try:
@@ -349,7 +367,7 @@ def lesson_step(index):
 
 def on_model(model):
     entry = MODELS[model]
-    ok, reason = availability(model)
+    ok, reason = bench.availability(model)
     note = f"{'Available' if ok else '**Unavailable**'}: {reason}. Prompt: {entry.prompt_hint}."
     return note, gr.update(value=entry.default_steps), gr.update(value=entry.default_guidance)
 
@@ -379,7 +397,7 @@ def describe_calibration(model, steps, groups):
 
 
 def build_demo(queue_size: int | None = None) -> gr.Blocks:
-    d = DEFAULTS
+    d = {**DEFAULTS, "model": serving.initial_model(bench, fallback=DEFAULTS["model"])}
     steps0, groups0 = d["steps"], d["groups"]
     with gr.Blocks(title="LayerCache") as demo:
         gr.Markdown("## LayerCache — layer-wise caching, live <small>· new here? open the **Lesson** tab</small>")
@@ -536,7 +554,13 @@ def warm_up():
         pass
 
 
-if __name__ == "__main__":
+def startup():
+    """Load the hub models space.yaml serves (ZeroGPU: at startup, outside the GPU calls), then warm up."""
+    serving.start(bench, zero_gpu=ZERO_GPU)
     warm_up()
+
+
+if __name__ == "__main__":
+    startup()
     build_demo().launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

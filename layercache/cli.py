@@ -107,6 +107,17 @@ def bench_gpu(args):
     run(args)
 
 
+@command("the app's two-lane runner at the real models' scale on one CUDA GPU (random bf16 weights, 1024x1024): "
+         "peak memory, time to the first streamed step, each lane's step, preview cost, realized / ideal speed-up",
+         arg("--models", default="qwen-image,flux-dev,sd35-medium"), arg("--steps", type=int, default=50),
+         arg("--budget", type=float, default=0.5), arg("--groups", type=int, default=4),
+         arg("--tiny", action="store_true", help="tiny configurations on the CPU (float32): checks the script"))
+def gpu_app(args):
+    from .evaluation.gpu_app import run
+
+    run(args)
+
+
 @command("every caching method at every budget on the same evaluation seeds (PSNR/SSIM/fidelity vs uncached, "
          "compute, wall-clock speed-up): results JSON and a Pareto figure", *BENCH_ARGUMENTS)
 def bench(args):

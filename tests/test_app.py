@@ -158,9 +158,11 @@ def test_space_yaml_is_the_source_of_front_matter_and_defaults():
     data = yaml.safe_load((ROOT / "space.yaml").read_text())
     rendered = space.front_matter()
     assert rendered.startswith("---\n") and rendered.endswith("---\n")
-    assert yaml.safe_load(rendered.strip("-\n")) == data["space"]
+    front = yaml.safe_load(rendered.strip("-\n"))
+    assert front == {**data["space"], **{k: front[k] for k in ("models", "preload_from_hub")}}  # those two rendered
     for key in ("sdk", "sdk_version", "app_file", "python_version", "suggested_hardware", "models", "preload_from_hub"):
-        assert key in data["space"], key
+        assert key in front, key
+    assert len(front["models"]) == len(front["preload_from_hub"]) == len(data["serve"]["models"])
     import gradio
     assert data["space"]["sdk_version"] == gradio.__version__ and (ROOT / data["space"]["app_file"]).is_file()
     assert app.DEFAULTS == data["defaults"]

@@ -21,8 +21,18 @@ HUB_CALIBRATION_CALLS = [{"prompt": p, "seed": s} for s, p in enumerate(
      "portrait of an old fisherman, oil painting"], start=1)]
 
 
+PERSISTENT = Path("/data")  # a Space's persistent storage, where it has some: kept across restarts
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("LAYERCACHE_CACHE_DIR") or Path.home() / ".cache" / "layercache")
+    """Where calibrations made on first use are kept: LAYERCACHE_CACHE_DIR if set, else /data/layercache where a
+    writable /data exists (a Space with persistent storage: calibrations survive restarts), else
+    ~/.cache/layercache."""
+    if os.environ.get("LAYERCACHE_CACHE_DIR"):
+        return Path(os.environ["LAYERCACHE_CACHE_DIR"])
+    if PERSISTENT.is_dir() and os.access(PERSISTENT, os.W_OK):
+        return PERSISTENT / "layercache"
+    return Path.home() / ".cache" / "layercache"
 
 
 class _AppContext:
@@ -55,16 +65,37 @@ class Workbench:
     for the bundled model, else calibrated on first use and kept under `cache_dir()`); plans schedules."""
 
     def __init__(self):
+        self.startup_only = False  # True on ZeroGPU after startup: hub models load at startup or not at all
+        self.unavailable: dict = {}  # hub model key -> why it did not load at startup
         self._runners: dict = {}
         self._calibrations: dict = {}
         self._references: dict = {}
         self._plans: dict = {}
         self._lock = threading.Lock()
 
+    def availability(self, key: str) -> tuple[bool, str]:
+        """The registry's answer (`registry.availability`), unless startup already found the model unloadable or,
+        startup-only, left it out."""
+        from ..models.registry import availability, get_entry
+        if key in self._runners:
+            return availability(key)
+        if key in self.unavailable:
+            return False, self.unavailable[key]
+        if self.startup_only and not get_entry(key).bundled:
+            return False, (f"{get_entry(key).label} is not served by this Space: hub models load at startup only "
+                           f"(ZeroGPU); add {key!r} to serve.models in space.yaml and restart")
+        return availability(key)
+
+    def is_loaded(self, key: str) -> bool:
+        return key in self._runners
+
     def runner(self, key: str) -> LockstepRunner:
         from ..models.registry import load_pipeline
         with self._lock:
             if key not in self._runners:
+                ok, reason = self.availability(key)
+                if not ok:
+                    raise ValueError(reason)
                 pipe = load_pipeline(key)  # allow-list, availability and safetensors checks live there
                 pipe.set_progress_bar_config(disable=True)
                 self._runners[key] = LockstepRunner(pipe)
@@ -110,6 +141,10 @@ class Workbench:
         ctx = _AppContext(self, key, steps, groups, max_k, threshold, progress)
         cache = prepare_cache(method, ctx, budget)
         return cache, ctx.source
+
+    def plan_checked(self, key: str, steps: int, groups: int, budget: float) -> bool:
+        """Has a plan for this setting been checked end to end already (in this process)?"""
+        return any(memo[:4] == (key, steps, groups, float(budget)) for memo in self._plans)
 
     def verified_plan(self, key: str, cal, budget: float, progress=None, **options):
         """`plan_verified` on the model's calibration calls (a few cached runs of them; the uncached reference is
