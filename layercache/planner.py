@@ -141,7 +141,7 @@ def _paths(run: np.ndarray, counts) -> dict:
 
 # What a velocity step predicts the transformer's output with, K chosen per gap on the calibrated outputs: MeanCache's
 # estimator. The slope and the parabola were tried too (chosen per gap on the same chained costs): on the bundled
-# model's evaluation seeds they lost 2.5-9 dB to it at 10-20 steps and budgets 0.5-0.2, so they are not offered.
+# model's evaluation seeds they lost 2.6-9.3 dB to it in four of five cells at 10-20 steps (docs/design.md).
 MEANCACHE_PREDICTORS = tuple(("mean", k) for k in (1, 2, 3, 4))
 
 
