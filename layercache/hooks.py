@@ -310,9 +310,11 @@ def apply_layer_cache(transformer: torch.nn.Module, config: LayerCacheConfig) ->
 
     state_manager = StateManager(LayerCacheState, (layout.num_groups, max(schedule.max_k, 1)))
     telemetry = Telemetry(layout.num_groups, enabled=config.telemetry)
+    velocity = set(schedule.velocity_steps)   # on these no block is called: their reuse needs no block hook
     for g in range(layout.num_groups):
         members = layout.blocks_of(g)
-        if not (config.telemetry or config.recorder or any(not row[g].compute for row in schedule.cells)):
+        reused = any(not row[g].compute for i, row in enumerate(schedule.cells) if i not in velocity)
+        if not (config.telemetry or config.recorder or reused):
             continue  # a group that is always computed and unobserved needs no hooks: zero overhead
         for index in members:
             hook = LayerCacheBlockHook(state_manager, g, index == members[0], index == members[-1], config, telemetry)
