@@ -304,7 +304,8 @@ def _taylorseer(ctx, budget):
         for order in (1, 2):
             config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=order,
                                            taylor_factors_dtype=torch.float32,
-                                           cache_identifiers=[r"transformer_blocks\.\d+"])
+                                           cache_identifiers=[r"transformer_blocks\.\d+",   # FLUX: both kinds
+                                                              r"single_transformer_blocks\.\d+"])
             planned = taylorseer_computed_steps(interval, warmup, n) / n
             points.append(DiffusersCacheSetting(config, "taylorseer", budget, planned,
                                                 {"cache_interval": interval, "disable_cache_before_step": warmup,
