@@ -143,6 +143,26 @@ def test_every_method_runs_and_realizes_what_it_plans(tiny_pipe, ctx, name):
     assert not getattr(tiny_pipe.transformer, "is_cache_enabled", False)  # detached cleanly
 
 
+def test_taylorseer_caches_every_block_of_a_flux_model():
+    """On the FLUX-family bundled model TaylorSeer must cache the single-stream blocks too, or it misses its budget."""
+    from layercache.models.registry import load_pipeline
+
+    flux = load_pipeline("tiny-flux")
+    flux.set_progress_bar_config(disable=True)
+    flux_ctx = BenchContext(flux, STEPS, [{"label": [0, 3, 7], "seed": 1}])
+    call = eval_call([100])
+    with BlockCounter(flux.transformer) as counter:
+        flux(**call, num_inference_steps=STEPS, output_type="latent")
+    point = prepare("taylorseer", flux_ctx, 0.5)
+    point.attach(flux)
+    try:
+        with BlockCounter(flux.transformer) as cached:
+            flux(**call, num_inference_steps=STEPS, output_type="latent")
+    finally:
+        point.detach(flux)
+    assert cached.macs / counter.macs == pytest.approx(point.planned_fraction, abs=1e-9)
+
+
 def test_unknown_method_and_bad_budget(ctx):
     with pytest.raises(ValueError, match="unknown method"):
         prepare("teacache", ctx, 0.5)
