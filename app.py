@@ -74,10 +74,10 @@ them, and run it in the cached lane; the schedule downloads as JSON, and a JSON 
 **Methods.** *LayerCache* picks the computed steps by an exact search over the calibration's error model and
 reuses every group on the others, each with its own predictor and K — or, where that checks out better, skips the
 reused steps whole and predicts the model's output ("v" in the painted schedule); *per group* lets each group run
-on its own steps (the budget split across groups; a group run on inputs that predicted groups upstream made can drift, which
-the error model cannot see); *K=1* is LayerCache with plain reuse only (no slope); *MeanCache* skips whole steps
-(no block runs) and extrapolates the model's output; *FirstBlockCache* (diffusers) runs the first block and skips
-the rest when its output changed less than the threshold.
+on its own steps (the budget split across groups; a group run on inputs that predicted groups upstream made can
+drift, which the error model cannot see); *K=1* is LayerCache with plain reuse only (no slope); *MeanCache* skips
+whole steps (no block runs) and extrapolates the model's output; *FirstBlockCache* (diffusers) runs the first
+block and skips the rest when its output changed less than the threshold.
 
 **Numbers.** PSNR/SSIM compare the cached image with the uncached one (same seed). *Compute speed-up* = blocks
 run uncached / blocks run cached; *wall speed-up* = uncached lane time / cached lane time (lanes take turns, so
