@@ -26,7 +26,7 @@ BAD = {
     "unknown method": (_with("--methods", "meancache,teacache"), "unknown method"),
     "empty methods": (_with("--methods", ","), "empty"),
     "unknown model": (_with("--model", "sdxl"), "unknown model"),
-    "hub model": (_with("--model", "flux-dev"), "bundled model only"),
+    "hub model": (_with("--model", "flux-dev"), "bundled models only"),
     "budget zero": (_with("--budgets", "0.5,0"), "outside (0, 1]"),
     "budget above one": (_with("--budgets", "1.5"), "outside (0, 1]"),
     "budget not a number": (_with("--budgets", "half"), "numbers in (0, 1]"),
