@@ -18,6 +18,7 @@ least (K >= 3 enter here: they need more anchors than the path's state holds).
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -154,7 +155,7 @@ def output_costs(cal: Calibration, predictors, gamma: float):
     return costs(cal.outputs, cal.sigmas, predictors, gamma)
 
 
-def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective, output_predictors=MEANCACHE_PREDICTORS):
+def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective, outputs=None):
     n = cal.num_steps
     count = steps_for(budget, n)
     if objective == "uniform":   # no model: the computed steps evenly spread, step 0 first
@@ -162,7 +163,8 @@ def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective, outpu
         if max_reuse is not None and max(np.diff(steps + [n])) - 1 > max_reuse:
             error = np.inf
     elif objective == "outputs":   # chained prediction of the transformer's output (MeanCache's step costs)
-        cost, _ = output_costs(cal, output_predictors, gamma)
+        cost, _ = outputs if outputs is not None else output_costs(cal, MEANCACHE_PREDICTORS, gamma)
+        cost = cost.copy()
         if max_reuse is not None:
             cost[np.arange(n)[:, None] + max_reuse + 1 < np.arange(n + 1)[None, :]] = np.inf
         try:
@@ -273,35 +275,35 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         if not isinstance(fixed, (tuple, list)) or tuple(fixed) not in pairs:
             raise ValueError(f"fixed must be one of the allowed calibrated (predictor, K) pairs {pairs}, got {fixed!r}")
         allowed = [allowed[pairs.index(tuple(fixed))]]
-    if velocity and allocation != "steps":
-        raise ValueError("velocity steps are whole steps: use allocation='steps'")
+    outputs = None   # velocity steps: their predictors' chained output costs (cost, best), computed once
     if velocity:
+        if allocation != "steps":
+            raise ValueError("velocity steps are whole steps: use allocation='steps'")
         output_predictors = [(kind, k) for kind, k in MEANCACHE_PREDICTORS if max_k is None or k <= max_k]
-        compute, error = _steps_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective,
-                                           output_predictors)
+        outputs = output_costs(cal, output_predictors, float(gamma))
+    if allocation == "steps":
+        compute, error = _steps_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective, outputs)
     else:
-        allocate = _steps_allocation if allocation == "steps" else _groups_allocation
-        compute, error = allocate(cal, budget, use_slope, float(gamma), max_reuse, objective)
+        compute, error = _groups_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
             "velocity": velocity, "predicted_error": error}
     schedule = schedule_from_mask(cal, compute, meta, allowed)
     if velocity:
-        _velocity_steps(schedule, cal, compute[:, 0], output_predictors, float(gamma))
+        schedule = _velocity_steps(schedule, compute[:, 0], output_predictors, outputs[1])
     schedule.meta["compute_fraction"] = schedule.compute_fraction
     return schedule
 
 
-def _velocity_steps(schedule: Schedule, cal: Calibration, computed: np.ndarray, predictors, gamma: float) -> None:
-    """Turn every reused step of a whole-step plan into a velocity step, each gap taking the (predictor, K) of
-    least chained output error."""
-    _, best = output_costs(cal, predictors, gamma)
+def _velocity_steps(schedule: Schedule, computed: np.ndarray, predictors, best: np.ndarray) -> Schedule:
+    """The whole-step plan with every reused step a velocity step, each gap taking the (predictor, K) of least
+    chained output error (`best`, from `output_costs`)."""
+    cells = list(schedule.cells)
     steps = np.flatnonzero(computed).tolist()
-    for a, c in zip(steps, steps[1:] + [cal.num_steps]):
+    for a, c in zip(steps, steps[1:] + [len(cells)]):
         for i in range(a + 1, c):
-            schedule.cells[i] = [Cell(False, *predictors[best[a, c]])] * schedule.num_groups
-    schedule.velocity_steps = [i for i in range(cal.num_steps) if not computed[i]]
-    schedule.__post_init__()   # validates the velocity steps
+            cells[i] = [Cell(False, *predictors[best[a, c]])] * schedule.num_groups
+    return replace(schedule, cells=cells, velocity_steps=np.flatnonzero(~computed).tolist())   # validated
 
 
 def allowed_candidates(cal: Calibration, max_k=None, predictors=None) -> list[int]:

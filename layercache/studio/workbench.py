@@ -76,7 +76,7 @@ class Workbench:
     def availability(self, key: str) -> tuple[bool, str]:
         """The registry's answer (`registry.availability`), unless startup already found the model unloadable or,
         startup-only, left it out."""
-        from ..models.registry import availability, get_entry
+        from ..models.registry import availability
         if key in self._runners:
             return availability(key)
         if key in self.unavailable:
