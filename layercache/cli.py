@@ -148,8 +148,9 @@ def quality(args):
     run(args)
 
 
-@command("cost of the machinery on the bundled model: hooked-but-all-computed time against unhooked, and the "
+@command("cost of the machinery on a bundled model: hooked-but-all-computed time against unhooked, and the "
          "realized speed-up of LayerCache and MeanCache against the ideal, timed interleaved (median of repeats)",
+         arg("--model", default="tiny", help="a bundled model's key: tiny or tiny-flux (default: %(default)s)"),
          arg("--repeats", type=int, default=7, help="(default: %(default)s)"),
          arg("--budgets", default="0.7,0.5,0.35,0.25,0.2", help="(default: %(default)s)"),
          arg("--steps", type=int, default=50, help="(default: %(default)s)"),

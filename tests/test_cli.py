@@ -131,3 +131,14 @@ def test_explore_prints_the_heterogeneity_of_a_shipped_calibration(capsys):
 ])
 def test_explore_bad_input_exits_2_with_one_error_line(argv, expected, capsys):
     assert_one_error_line(*run_in_process(argv, capsys), expected)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["overhead", "--model", "nope"], "unknown model"),
+    (["overhead", "--model", "flux-dev"], "bundled models only"),
+    (["overhead", "--model", "tiny-flux", "--steps", "17"], "calibrate-shipped --model tiny-flux --steps 17"),
+    (["overhead", "--budgets", "0.5,2"], "outside (0, 1]"),
+    (["overhead", "--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_overhead_bad_input_exits_2_with_one_error_line(argv, expected, capsys):
+    assert_one_error_line(*run_in_process(argv, capsys), expected)

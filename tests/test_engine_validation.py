@@ -332,7 +332,8 @@ def test_bf16_timesteps_find_their_steps(tiny_pipe):
 def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pipe, steps):
     """The library's default path (plan_verified, what the app and benchmark use) is, end to end on the calibration
     calls, no worse than any whole-step plan the planner makes: its choice, its bookkeeping and its dedup hold."""
-    from layercache.planner import VERIFIED_OPTIONS, WHOLE_STEP_OPTIONS, option_name, plan_verified, reference_latents
+    from layercache.planner import (VERIFIED_OPTIONS, WHOLE_STEP_OPTIONS, latent_error, option_name, plan_verified,
+                                    reference_latents)
 
     calls = [{"label": [1, 7], "seed": 5}]
     cal = lc.calibrate(tiny_pipe, calls, steps, num_groups=4)
@@ -341,13 +342,13 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     def end_to_end(schedule):
         lc.enable(tiny_pipe, schedule, telemetry=False)
         try:
-            return float(((reference_latents(tiny_pipe, calls, steps)[0] - reference[0]) ** 2).mean())
+            return latent_error(reference_latents(tiny_pipe, calls, steps), reference)
         finally:
             lc.disable(tiny_pipe)
 
     budget = 0.4
     chosen = plan_verified(tiny_pipe, cal, budget, calls, reference=reference)
-    tried = chosen.meta["verified"]["calibration_mse"]
+    tried = chosen.meta["verified"]["calibration_error"]
     assert {option_name(o) for o in VERIFIED_OPTIONS} <= set(tried)
     refined = set(tried) - {option_name(o) for o in VERIFIED_OPTIONS}   # the best plans' steps, one predictor
     assert refined and all("fixed=" in name for name in refined)
@@ -355,6 +356,24 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     alternatives = [plan(cal, budget, **option) for option in WHOLE_STEP_OPTIONS]
     assert all(end_to_end(chosen) <= end_to_end(s) + 1e-12 for s in alternatives)
     assert untouched(tiny_pipe)
+
+
+def test_the_check_scores_what_a_mean_psnr_averages():
+    """latent_error is the mean over every image of every call of log(per-image MSE), floored where the benchmark
+    caps PSNR: it ranks plans as a mean PSNR does, where the mean of the squared errors can rank them the other
+    way round (one image far off outweighs every other)."""
+    from layercache.planner import latent_error
+
+    reference = [torch.zeros(2, 4, 3), torch.zeros(1, 4, 3)]
+    errors = [0.04, 1e-6, 9.0]   # per image, over both calls
+    latents = [torch.stack([torch.full((4, 3), e ** 0.5) for e in errors[:2]]), torch.full((1, 4, 3), 3.0)]
+    assert latent_error(latents, reference) == pytest.approx(float(np.mean(np.log(errors))))
+    zeros = [torch.zeros(3, 1), torch.zeros(1, 1)]
+    one_far_off = [torch.full((3, 1), 1e-3), torch.tensor([[3.0]])]   # MSE 1e-6 three times, then 9
+    all_a_little = [torch.full((3, 1), 0.5), torch.tensor([[0.5]])]  # MSE 0.25 each
+    assert latent_error(one_far_off, zeros) < latent_error(all_a_little, zeros)
+    assert np.mean([1e-6] * 3 + [9.0]) > 0.25   # the mean MSE ranks them the other way
+    assert latent_error(zeros, zeros) == pytest.approx(np.log(1e-10))   # identical latents: finite, at the cap
 
 
 def test_plan_verified_passes_argument_errors_through(tiny_pipe, cal):

@@ -1,6 +1,6 @@
 """Cost of the machinery on the bundled model, timed interleaved in one process (median of repeats).
 
-    python -m layercache overhead [--repeats 7] [--budgets 0.7,0.5,0.35,0.25,0.2] [--steps 50]
+    python -m layercache overhead [--model tiny] [--repeats 7] [--budgets 0.7,0.5,0.35,0.25,0.2] [--steps 50]
 
 Prints: hooked-but-all-computed time / unhooked time (target <= 1.03), and at each budget the realized
 wall-clock speed-up of LayerCache (`planner.plan`: reused steps reuse the groups' residuals), of LayerCache with
@@ -17,17 +17,30 @@ import torch
 from ..calibrate import Calibration
 from ..meancache import meancache_schedule
 from ..methods import LayerCacheSetting, MeanCacheSetting, Uncached
-from ..models.registry import shipped_calibration
-from ..models.tiny import TinyDigitPipeline
+from ..models.registry import get_entry, load_pipeline, shipped_calibration
 from ..planner import plan
+from .bench import parse_budgets
 from .speed import machine
 
 
+def validate(args) -> list[float]:
+    """Every argument checked before any model work; returns the budgets. Raises ValueError saying what to change."""
+    if not get_entry(args.model).bundled:
+        raise ValueError(f"overhead times the bundled models only; {args.model!r} is a hub model: use bench-gpu")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    path = shipped_calibration(args.model, args.steps, 4)
+    if not path.is_file():
+        raise ValueError(f"no shipped calibration for {args.model} at {args.steps} steps ({path}); run "
+                         f"`python -m layercache calibrate-shipped --model {args.model} --steps {args.steps}` first")
+    return parse_budgets(args.budgets)
+
+
 def run(args):
-    pipe = TinyDigitPipeline.from_weights()
+    budgets = validate(args)
+    pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
-    cal = Calibration.load(shipped_calibration("tiny", args.steps, 4))
-    budgets = [float(b) for b in args.budgets.split(",")]
+    cal = Calibration.load(shipped_calibration(args.model, args.steps, 4))
     schedules = {"all computed": plan(cal, 1.0)}
     for budget in budgets:
         schedules[f"layercache {budget}"] = plan(cal, budget)
@@ -55,7 +68,7 @@ def run(args):
         for name, schedule in schedules.items():
             times[name].append(timed(schedule))
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"machine: {machine()}")
+    print(f"model: {args.model}; machine: {machine()}")
     print(f"one {args.steps}-step image with CFG, median of {args.repeats} interleaved repeats"
           f" (telemetry {'on' if args.telemetry else 'off'}):")
     for name, value in median.items():

@@ -1,0 +1,151 @@
+"""How well does a tuning check on calibration inputs pick the setting that is best on evaluation inputs?
+
+For each (steps, budget) cell, every candidate a tuned method chooses among (LayerCache: each `plan_verified`
+option and each option's steps with every fixed predictor; MeanCache: γ 2 and 1; TaylorSeer: its (interval,
+warm-up, order) points) is run on both calibration calls (final latents, per image squared error against the
+uncached latents) and on the evaluation seeds (per image PSNR against the uncached image). The per-image figures
+are written out so that any selection rule can be scored offline (`--report`).
+
+    python scripts/selection_study.py --model tiny --steps 10 --budgets 0.5,0.25 --out runs/selection/tiny_10.json
+    python scripts/selection_study.py --report runs/selection/*.json
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RULES = {   # name: (calibration calls used, per-image aggregate); smaller is better
+    "mse, call 1 (the bench's check)": ((0,), "mse"),
+    "log mse, call 1": ((0,), "log"),
+    "mse, calls 1+2": ((0, 1), "mse"),
+    "log mse, calls 1+2": ((0, 1), "log"),
+}
+
+
+def score(candidate: dict, calls, aggregate: str) -> float:
+    errors = np.concatenate([candidate["calibration_mse"][c] for c in calls])
+    return float(np.mean(np.log(np.maximum(errors, 1e-10))) if aggregate == "log" else np.mean(errors))
+
+
+def layercache_candidates(cal, budget) -> dict:
+    from layercache.planner import FIXED_PREDICTORS, VERIFIED_OPTIONS, OutOfReach, option_name, plan
+
+    plans, seen = {}, set()
+    for option in VERIFIED_OPTIONS:
+        steps_of = {k: v for k, v in option.items() if k not in ("predictors", "velocity")}
+        for variant in (option, *({**steps_of, "fixed": tuple(f)} for f in FIXED_PREDICTORS)):
+            try:
+                schedule = plan(cal, budget, **variant)
+            except OutOfReach:
+                continue
+            key = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps))
+            if key not in seen:
+                seen.add(key)
+                plans[option_name(variant)] = schedule
+    return plans
+
+
+def measure(args) -> list:
+    import torch
+
+    from layercache.evaluation import baselines
+    from layercache.evaluation.baselines import BenchContext, prepare
+    from layercache.evaluation.bench import _images
+    from layercache.evaluation.metrics import psnr
+    from layercache.methods import LayerCacheSetting
+    from layercache.models.registry import load_pipeline, shipped_calibration
+    from layercache.models.tiny.sets import calibration_calls
+    from layercache.planner import reference_latents
+
+    def capture(ctx, points):   # the peers' tuning candidates, all of them, unselected
+        ctx.captured = points
+        return points[0]
+
+    baselines.tune = capture
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    calls = calibration_calls()
+    seeds = list(range(100, 100 + args.images))
+    cells = []
+    for steps in args.steps:
+        ctx = BenchContext(pipe, steps, calls, {4: shipped_calibration(args.model, steps, 4)})
+        cal = ctx.calibration(4)
+        reference = reference_latents(pipe, calls, steps)
+        eval_reference = _images(pipe, seeds, steps)
+        for budget in args.budgets:
+            candidates = {f"layercache {name}": LayerCacheSetting(s, "layercache", budget)
+                          for name, s in layercache_candidates(cal, budget).items()}
+            for peer in ("meancache", "taylorseer"):
+                prepare(peer, ctx, budget)
+                candidates.update({f"{peer} {json.dumps(c.params, sort_keys=True)}": c for c in ctx.captured})
+            rows = {}
+            for name, cache in candidates.items():
+                started = time.time()
+                steps_run = cache.num_inference_steps or steps
+                cache.attach(pipe)
+                try:
+                    latents = reference_latents(pipe, calls, steps_run)
+                    images = _images(pipe, seeds, steps_run)
+                finally:
+                    cache.detach(pipe)
+                rows[name] = {
+                    "method": name.split(" ")[0],
+                    "calibration_mse": [((a - b) ** 2).flatten(1).mean(1).tolist() for a, b in zip(latents, reference)],
+                    "eval_psnr": torch.clamp(psnr(images, eval_reference), max=100.0).tolist()}
+                print(f"{steps} {budget:g} {name}: eval {np.mean(rows[name]['eval_psnr']):.2f} dB "
+                      f"({time.time() - started:.1f} s)", file=sys.stderr)
+            cells.append({"model": args.model, "steps": steps, "budget": budget, "candidates": rows})
+    return cells
+
+
+def report(cells: list) -> str:
+    lines = ["| model | steps | budget | rule | LayerCache | MeanCache | TaylorSeer | margin | oracle LC |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    totals = {rule: [] for rule in RULES}
+    for cell in cells:
+        for rule, (calls, aggregate) in RULES.items():
+            chosen = {}
+            for method in ("layercache", "meancache", "taylorseer"):
+                mine = [c for c in cell["candidates"].values() if c["method"] == method]
+                best = min(mine, key=lambda c: score(c, calls, aggregate))
+                chosen[method] = float(np.mean(best["eval_psnr"]))
+            oracle = max(np.mean(c["eval_psnr"]) for c in cell["candidates"].values() if c["method"] == "layercache")
+            margin = chosen["layercache"] - max(chosen["meancache"], chosen["taylorseer"])
+            totals[rule].append(margin)
+            lines.append(f"| {cell['model']} | {cell['steps']} | {cell['budget']:g} | {rule} | "
+                         f"{chosen['layercache']:.2f} | {chosen['meancache']:.2f} | {chosen['taylorseer']:.2f} | "
+                         f"{margin:+.2f} | {oracle:.2f} |")
+    lines += ["", "| rule | cells ≥ best peer | lost | summed margin dB |", "|---|---|---|---|"]
+    for rule, margins in totals.items():
+        won = sum(m >= -1e-9 for m in margins)
+        lines.append(f"| {rule} | {won} | {len(margins) - won} | {sum(margins):+.2f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--steps", default="10")
+    parser.add_argument("--budgets", default="0.7,0.5,0.35,0.25,0.2")
+    parser.add_argument("--images", type=int, default=20, help="evaluation seeds 100, 101, ...")
+    parser.add_argument("--out")
+    parser.add_argument("--report", nargs="+", help="score the rules on these files instead of measuring")
+    args = parser.parse_args()
+    if args.report:
+        print(report([cell for path in args.report for cell in json.loads(Path(path).read_text())]))
+        return
+    args.steps = [int(s) for s in args.steps.split(",")]
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    cells = measure(args)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(cells))
+    print(report(cells))
+
+
+if __name__ == "__main__":
+    main()
