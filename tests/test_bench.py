@@ -77,8 +77,14 @@ def test_grid_names_the_best_peer_per_cell_and_skips_ablations():
                record("taylorseer", 10, 0.5, 29.0), record("layercache", 20, 0.25, 28.0),
                record("meancache", 20, 0.25, 27.0)]
     lines = bench.grid(records).splitlines()
-    assert lines[2] == "| 10 | 0.5 | 30.00 | meancache | 31.50 | -1.50 |"
-    assert lines[3] == "| 20 | 0.25 | **28.00** | meancache | 27.00 | +1.00 |"
+    assert lines[2] == "| 10 | 0.5 | 30.00 | meancache 31.50 | -1.50 |"
+    assert lines[3] == "| 20 | 0.25 | **28.00** | meancache 27.00 | +1.00 |"
+    assert lines[-1] == "tiny: LayerCache ahead in 1 of 2 cells, level (within 0.005 dB) in 0, behind in 1; " \
+                        "summed margin -0.50 dB"
+    flux = [{**r, "model": "tiny-flux", "psnr": r["psnr"] + 5 * (r["method"] == "layercache")} for r in records]
+    lines = bench.grid(records + flux).splitlines()   # a column group per model
+    assert lines[0].count("LayerCache PSNR dB") == 2 and "tiny-flux: LayerCache" in lines[0]
+    assert lines[2] == "| 10 | 0.5 | 30.00 | meancache 31.50 | -1.50 | **35.00** | meancache 31.50 | +3.50 |"
 
 
 def _run(prefix, out, env):
@@ -116,10 +122,35 @@ def test_report_merges_results_files_and_rejects_others(tmp_path):
                                                              record("meancache", 10, 0.5, 29.0, 1.9, 2.0)]}))
     (tmp_path / "b.json").write_text(json.dumps({"records": [record("layercache", 20, 0.5, 40.0, 1.6, 2.0),
                                                              record("meancache", 20, 0.5, 41.0, 2.0, 2.0)]}))
+    (tmp_path / "f.json").write_text(json.dumps({"meta": {"model": "tiny-flux"},
+                                                 "records": [record("layercache", 20, 0.5, 42.0, 1.5, 2.0),
+                                                             record("meancache", 20, 0.5, 40.0, 1.9, 2.0)]}))
     text = bench.report([tmp_path / "a.json", tmp_path / "b.json"])
-    assert "| 10 | 0.5 | **30.00** | meancache | 29.00 | +1.00 |" in text
-    assert "| 20 | 0.5 | 40.00 | meancache | 41.00 | -1.00 |" in text
+    assert "| 10 | 0.5 | **30.00** | meancache 29.00 | +1.00 |" in text
+    assert "| 20 | 0.5 | 40.00 | meancache 41.00 | -1.00 |" in text
     assert "| 20 | 0.5 | 1.60 (0.80) | 2.00 (1.00) |" in text
+    text = bench.report([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "f.json"])   # the model from meta
+    assert "| 10 | 0.5 | **30.00** | meancache 29.00 | +1.00 | – | – | – |" in text
+    assert "| 20 | 0.5 | 40.00 | meancache 41.00 | -1.00 | **42.00** | meancache 40.00 | +2.00 |" in text
+    assert "| 20 | 0.5 | 1.60 (0.80) | 2.00 (1.00) | 1.50 (0.75) | 1.90 (0.95) |" in text
+    assert "tiny-flux layercache wall× (of ideal)" in text
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(ValueError, match="not a bench results file"):
         bench.report([tmp_path / "c.json"])
+
+
+def test_pareto_figure_draws_every_model_and_method_once_per_step_count():
+    def record(model, method, steps, budget, psnr):
+        return {"model": model, "method": method, "steps": steps, "budget": budget, "psnr": psnr, "ssim": 0.9,
+                "fidelity": 1.0, "compute_fraction": budget, "speedup_wall": 0.9 / budget, "speedup_ideal": 1 / budget}
+
+    records = [record(model, method, steps, b, 30 + b) for model in ("tiny", "tiny-flux")
+               for method in ("layercache", "meancache") for steps in (10, 20) for b in (0.5, 0.25)]
+    fig = bench.pareto_figure(records)
+    names = [trace.name for trace in fig.data]
+    assert len(names) == 2 * 2 * 2 * 2   # models × methods × step counts × (wall, ideal)
+    assert {trace.name for trace in fig.data if trace.showlegend} == {
+        "layercache · tiny", "meancache · tiny", "layercache · tiny-flux", "meancache · tiny-flux"}
+    assert {trace.line.dash for trace in fig.data if trace.name.endswith("tiny-flux")} == {"dot"}
+    single = bench.pareto_figure([r for r in records if r["model"] == "tiny"])
+    assert {trace.name for trace in single.data} == {"layercache", "meancache"}

@@ -332,8 +332,14 @@ def test_bf16_timesteps_find_their_steps(tiny_pipe):
 def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pipe, steps):
     """The library's default path (plan_verified, what the app and benchmark use) is, end to end on the calibration
     calls, no worse than any whole-step plan the planner makes: its choice, its bookkeeping and its dedup hold."""
-    from layercache.planner import (VERIFIED_OPTIONS, WHOLE_STEP_OPTIONS, latent_error, option_name, plan_verified,
-                                    reference_latents)
+    from layercache.planner import (
+        VERIFIED_OPTIONS,
+        WHOLE_STEP_OPTIONS,
+        latent_error,
+        option_name,
+        plan_verified,
+        reference_latents,
+    )
 
     calls = [{"label": [1, 7], "seed": 5}]
     cal = lc.calibrate(tiny_pipe, calls, steps, num_groups=4)

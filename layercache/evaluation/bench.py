@@ -19,6 +19,7 @@ equal a single-process run's. Batch-level caches (FirstBlockCache) decide per ba
 any batched use.
 """
 
+import itertools
 import json
 import math
 import statistics
@@ -255,19 +256,25 @@ def pareto_figure(records: list):
     fig = make_subplots(rows=len(step_counts), cols=2, shared_yaxes=True, horizontal_spacing=0.06,
                         vertical_spacing=0.3 / max(len(step_counts), 1), subplot_titles=titles)
     methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "uncached"))
+    models, shown = _models(records), set()   # one line style per bundled model
     palette = ["#d62728", "#ff9896", "#e377c2", "#f7b6d2", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e",
                "#7f7f7f", "#8c564b", "#17becf", "#bcbd22"]
     for row, steps in enumerate(step_counts, start=1):
-        for index, method in enumerate(methods):
-            rows = sorted((r for r in records if r["method"] == method and r.get("steps", 0) == steps),
-                          key=lambda r: -r["budget"])
-            style = dict(color=palette[index % len(palette)], width=3 if method == "layercache" else 1.5)
-            hover = [f"{method}, {steps} steps<br>budget {r['budget']:g}, compute {r['compute_fraction']:.3f}<br>"
+        for (index, method), (m, model) in itertools.product(enumerate(methods), enumerate(models)):
+            rows = sorted((r for r in records if (r["method"], r.get("steps", 0), r.get("model", "tiny"))
+                           == (method, steps, model)), key=lambda r: -r["budget"])
+            if not rows:
+                continue
+            name = method if len(models) == 1 else f"{method} · {model}"
+            style = dict(color=palette[index % len(palette)], width=3 if method == "layercache" else 1.5,
+                         dash=("solid", "dot", "dash")[m % 3])
+            hover = [f"{name}, {steps} steps<br>budget {r['budget']:g}, compute {r['compute_fraction']:.3f}<br>"
                      f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}<br>fidelity {r['fidelity']:.3f}" for r in rows]
             for col, key in ((1, "speedup_wall"), (2, "speedup_ideal")):
                 fig.add_trace(go.Scatter(x=[r[key] for r in rows], y=[r["psnr"] for r in rows], mode="lines+markers",
-                                         name=method, legendgroup=method, showlegend=row == 1 and col == 1,
+                                         name=name, legendgroup=name, showlegend=col == 1 and name not in shown,
                                          line=style, hovertext=hover, hoverinfo="text"), row=row, col=col)
+                shown.add(name)
     fig.update_xaxes(title_text="speed-up ×")
     fig.update_yaxes(title_text="PSNR vs uncached (dB)", col=1)
     fig.update_layout(width=1300, height=120 + 420 * len(step_counts), template="plotly_white",
@@ -357,7 +364,7 @@ def run(args) -> list[dict]:
         write_figure(records, args.html, args.png)
     print(table(records))
     print()
-    print(grid(records))
+    print(grid([{"model": args.model, **r} for r in records]))
     return records
 
 
@@ -377,49 +384,74 @@ def table(records: list) -> str:
     return "\n".join(lines)
 
 
+def _models(records: list) -> list:
+    return list(dict.fromkeys(r.get("model", "tiny") for r in records))
+
+
+def _cells(records: list) -> list:
+    """(steps, budget) of every cached cell, step counts ascending, budgets descending."""
+    return sorted({(r["steps"], r["budget"]) for r in records if r["method"] != "uncached"},
+                  key=lambda cell: (cell[0], -cell[1]))
+
+
 def grid(records: list, method: str = "layercache") -> str:
-    """Markdown: per (steps, budget) cell, `method`'s PSNR and the best other method's (ablations of `method`
-    are not its peers), and the margin."""
-    lines = ["| steps | budget | LayerCache PSNR dB | best peer | its PSNR dB | margin dB |",
-             "|---|---|---|---|---|---|"]
-    for steps in sorted({r["steps"] for r in records}):
-        for budget in sorted({r["budget"] for r in records if r["steps"] == steps and r["method"] != "uncached"},
-                             reverse=True):
-            cell = [r for r in records if r["steps"] == steps and r["budget"] == budget]
+    """Markdown: per (steps, budget) cell and per model (a column group each), `method`'s PSNR, the best other
+    method's (ablations of `method` are not its peers) and the margin; then each model's count of cells."""
+    models = _models(records)
+    lines = ["| steps | budget | " + " | ".join(f"{m}: LayerCache PSNR dB | best peer, its PSNR dB | margin dB"
+                                                for m in models) + " |", "|---|---|" + "---|---|---|" * len(models)]
+    margins = {m: [] for m in models}
+    for steps, budget in _cells(records):
+        row = []
+        for model in models:
+            cell = [r for r in records if (r["steps"], r["budget"], r.get("model", "tiny")) == (steps, budget, model)]
             ours = next((r for r in cell if r["method"] == method), None)
             peers = [r for r in cell if not r["method"].startswith(method) and r["method"] != "uncached"]
             if ours is None or not peers:
+                row.append("– | – | –")
                 continue
             peer = max(peers, key=lambda r: r["psnr"])
             margin = ours["psnr"] - peer["psnr"]
-            lines.append(f"| {steps} | {budget:g} | {'**' if margin >= 0 else ''}{ours['psnr']:.2f}"
-                         f"{'**' if margin >= 0 else ''} | {peer['method']} | {peer['psnr']:.2f} | {margin:+.2f} |")
+            margins[model].append(margin)
+            bold = "**" if margin >= 0 else ""
+            row.append(f"{bold}{ours['psnr']:.2f}{bold} | {peer['method']} {peer['psnr']:.2f} | {margin:+.2f}")
+        lines.append(f"| {steps} | {budget:g} | " + " | ".join(row) + " |")
+    lines.append("")
+    for model, values in margins.items():
+        ahead, level = sum(m > 0.005 for m in values), sum(abs(m) <= 0.005 for m in values)
+        lines.append(f"{model}: LayerCache ahead in {ahead} of {len(values)} cells, level (within 0.005 dB) in "
+                     f"{level}, behind in {len(values) - ahead - level}; summed margin {sum(values):+.2f} dB")
+    return "\n".join(lines)
+
+
+def speed_table(records: list) -> str:
+    """Markdown: per (steps, budget) cell, every model's and method's wall-clock speed-up (of its ideal)."""
+    models = _models(records)
+    columns = [(model, method) for model in models for method in dict.fromkeys(
+        r["method"] for r in records if r["method"] != "uncached" and r.get("model", "tiny") == model)]
+    lines = ["| steps | budget | " + " | ".join(f"{model} {method} wall× (of ideal)" for model, method in columns)
+             + " |", "|---|---|" + "---|" * len(columns)]
+    for steps, budget in _cells(records):
+        cells = []
+        for model, method in columns:
+            r = next((r for r in records if (r.get("model", "tiny"), r["method"], r["steps"], r["budget"])
+                      == (model, method, steps, budget)), None)
+            ok = r is not None and r["speedup_wall"] and r["speedup_ideal"]
+            cells.append(f"{r['speedup_wall']:.2f} ({r['speedup_wall'] / r['speedup_ideal']:.2f})" if ok else "–")
+        lines.append(f"| {steps} | {budget:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def report(paths, html=None, png=None) -> str:
-    """The grid and the speed table of several results files (one per step count, or any mix)."""
+    """The grid and the speed table of several results files (any mix of step counts and bundled models)."""
     records = []
     for path in paths:
         try:
-            records += json.loads(Path(path).read_text())["records"]
-        except (OSError, ValueError, KeyError) as err:
+            found = json.loads(Path(path).read_text())
+            model = found.get("meta", {}).get("model", "tiny")
+            records += [{"model": model, **r} for r in found["records"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{path} is not a bench results file ({type(err).__name__})") from None
     if html or png:
         write_figure(records, html, png)
-    lines = [grid(records), "", "| steps | budget | " + " | ".join(
-        f"{m} wall× (of ideal)" for m in dict.fromkeys(r["method"] for r in records if r["method"] != "uncached"))
-        + " |"]
-    methods = list(dict.fromkeys(r["method"] for r in records if r["method"] != "uncached"))
-    lines.append("|---|---|" + "---|" * len(methods))
-    for steps in sorted({r["steps"] for r in records}):
-        for budget in sorted({r["budget"] for r in records if r["steps"] == steps and r["method"] != "uncached"},
-                             reverse=True):
-            cells = []
-            for method in methods:
-                r = next((r for r in records if (r["method"], r["steps"], r["budget"]) == (method, steps, budget)),
-                         None)
-                ok = r is not None and r["speedup_wall"] and r["speedup_ideal"]
-                cells.append(f"{r['speedup_wall']:.2f} ({r['speedup_wall'] / r['speedup_ideal']:.2f})" if ok else "–")
-            lines.append(f"| {steps} | {budget:g} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return grid(records) + "\n\n" + speed_table(records)
