@@ -20,12 +20,13 @@ Methods (names as on the command line):
                       estimator on transformer outputs), schedule by DP with exactly B computed steps (γ tuned)
   fbcache             diffusers FirstBlockCacheConfig (threshold searched on calibration inputs)
   taylorseer          diffusers TaylorSeerCacheConfig on whole blocks (interval, warm-up, order tuned)
-
-Every free setting (LayerCache's plan, MeanCache's γ, TaylorSeer's interval/warm-up/order) is chosen per
-(steps, budget) cell by the final latents on the first calibration call (`tune`, `plan_verified`).
   magcache            diffusers MagCacheConfig, ratios calibrated on the model with its calibrate mode
   fewer-steps         the uncached sampler with round(N·b) steps
   fixed-interval      every group recomputed every I_g steps and plainly reused in between
+
+Every free setting (LayerCache's plan, MeanCache's γ, TaylorSeer's interval/warm-up/order) is chosen per
+(steps, budget) cell by the final latents on both calibration calls, scored by `planner.latent_error` (the mean
+per-image log error, what a mean PSNR averages): `tune`, `plan_verified`.
 
 Not applicable to QwenImageTransformer2DModel under Qwen-style CFG (separate "cond"/"uncond" calls):
   - PyramidAttentionBroadcast keeps ONE state per attention module (`self.state`, not per cache
