@@ -4,9 +4,10 @@ For each (steps, budget) cell, every candidate a tuned method chooses among (Lay
 option and each option's steps with every fixed predictor; MeanCache: γ 2 and 1; TaylorSeer: its (interval,
 warm-up, order) points) is run on both calibration calls (final latents, per image squared error against the
 uncached latents) and on the evaluation seeds (per image PSNR against the uncached image). The per-image figures
-are written out so that any selection rule can be scored offline (`--report`).
+are written out so that any selection rule can be scored offline (`--report`). LayerCache's candidates here are a
+superset of what `plan_verified` runs (it tries the fixed predictors on its three best plans' steps only).
 
-    python scripts/selection_study.py --model tiny --steps 10 --budgets 0.5,0.25 --out assets/selection_study_tiny_steps10.json
+    python scripts/selection_study.py --model tiny --steps 10 --out assets/selection_study_tiny_steps10.json
     python scripts/selection_study.py --report assets/selection_study_*.json
 """
 
