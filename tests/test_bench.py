@@ -81,6 +81,13 @@ def test_grid_names_the_best_peer_per_cell_and_skips_ablations():
     assert lines[3] == "| 20 | 0.25 | **28.00** | meancache 27.00 | +1.00 |"
     assert lines[-1] == "tiny: LayerCache ahead in 1 of 2 cells, level (within 0.005 dB) in 0, behind in 1; " \
                         "summed margin -0.50 dB"
+    def images(values):
+        return [{"seed": 100 + i, "psnr": v} for i, v in enumerate(values)]
+
+    paired = [{**record("layercache", 10, 0.5, 30.0), "per_image": images([29, 30, 31])},
+              {**record("meancache", 10, 0.5, 31.5), "per_image": images([31, 31.5, 32])}]
+    lines = bench.grid(paired).splitlines()   # differences -2, -1.5, -1: SE = 0.5 / √3
+    assert lines[2] == "| 10 | 0.5 | 30.00 | meancache 31.50 | -1.50 ± 0.29 |"
     flux = [{**r, "model": "tiny-flux", "psnr": r["psnr"] + 5 * (r["method"] == "layercache")} for r in records]
     lines = bench.grid(records + flux).splitlines()   # a column group per model
     assert lines[0].count("LayerCache PSNR dB") == 2 and "tiny-flux: LayerCache" in lines[0]

@@ -394,11 +394,21 @@ def _cells(records: list) -> list:
                   key=lambda cell: (cell[0], -cell[1]))
 
 
+def _standard_error(ours: dict, peer: dict) -> str:
+    """' ± SE' of the mean of the paired per-image PSNR differences, where both records carry the same images."""
+    a, b = ({r["seed"]: r["psnr"] for r in x.get("per_image", [])} for x in (ours, peer))
+    differences = [a[seed] - b[seed] for seed in a if seed in b]
+    if len(differences) < 2 or len(differences) != len(a):
+        return ""
+    return f" ± {statistics.stdev(differences) / math.sqrt(len(differences)):.2f}"
+
+
 def grid(records: list, method: str = "layercache") -> str:
     """Markdown: per (steps, budget) cell and per model (a column group each), `method`'s PSNR, the best other
-    method's (ablations of `method` are not its peers) and the margin; then each model's count of cells."""
+    method's (ablations of `method` are not its peers) and the margin ± the standard error of the mean paired
+    per-image difference (where the records carry per-image figures); then each model's count of cells."""
     models = _models(records)
-    lines = ["| steps | budget | " + " | ".join(f"{m}: LayerCache PSNR dB | best peer, its PSNR dB | margin dB"
+    lines = ["| steps | budget | " + " | ".join(f"{m}: LayerCache PSNR dB | best peer, its PSNR dB | margin ± SE dB"
                                                 for m in models) + " |", "|---|---|" + "---|---|---|" * len(models)]
     margins = {m: [] for m in models}
     for steps, budget in _cells(records):
@@ -414,7 +424,8 @@ def grid(records: list, method: str = "layercache") -> str:
             margin = ours["psnr"] - peer["psnr"]
             margins[model].append(margin)
             bold = "**" if margin >= 0 else ""
-            row.append(f"{bold}{ours['psnr']:.2f}{bold} | {peer['method']} {peer['psnr']:.2f} | {margin:+.2f}")
+            row.append(f"{bold}{ours['psnr']:.2f}{bold} | {peer['method']} {peer['psnr']:.2f} | {margin:+.2f}"
+                       + _standard_error(ours, peer))
         lines.append(f"| {steps} | {budget:g} | " + " | ".join(row) + " |")
     lines.append("")
     for model, values in margins.items():
