@@ -155,7 +155,7 @@ def output_costs(cal: Calibration, predictors, gamma: float):
     return costs(cal.outputs, cal.sigmas, predictors, gamma)
 
 
-def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective, outputs=None):
+def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective, outputs=None, pattern=None):
     n = cal.num_steps
     count = steps_for(budget, n)
     if objective == "uniform":   # no model: the computed steps evenly spread, step 0 first
@@ -174,8 +174,12 @@ def _steps_allocation(cal, budget, use_slope, gamma, max_reuse, objective, outpu
             steps, error = [], np.inf
     elif objective == "regular":   # a warm-up, then one step in `interval`: the best such pair by the error model
         run = _runs(cell_errors(cal, None, use_slope, gamma), max_reuse)
-        pairs = [regular_steps(i, w, n) for i in range(1, n + 1) for w in range(1, count + 1)]
+        pairs = ([regular_steps(*pattern, n)] if pattern else
+                 [regular_steps(i, w, n) for i in range(1, n + 1) for w in range(1, count + 1)])
         error, steps = min(((_path_cost(run, st), st) for st in pairs if len(st) == count), default=(np.inf, []))
+        if pattern and not steps:
+            raise OutOfReach(f"pattern {pattern} computes {len(pairs[0])} steps, not the budget's {count}; choose one "
+                             f"of regular_patterns({n}, {budget})")
     else:
         error, steps = _paths(_runs(cell_errors(cal, None, use_slope, gamma), max_reuse), {count})[count]
     if np.isinf(error):
@@ -190,6 +194,15 @@ def regular_steps(interval: int, warmup: int, num_steps: int) -> list[int]:
     """The first `warmup` steps, then one step in `interval` (the pattern of TaylorSeer's cache_interval and
     disable_cache_before_step)."""
     return [s for s in range(num_steps) if s < warmup or (s - warmup - 1) % interval == 0]
+
+
+def regular_patterns(num_steps: int, budget: float, count: int = 3) -> list[tuple[int, int]]:
+    """The (interval, warm-up) pairs whose regular pattern computes closest to round(N·budget) steps, most frequent
+    refresh first, at most `count`: the points TaylorSeer's tuning tries (`evaluation.baselines`)."""
+    target = steps_for(budget, num_steps)
+    pairs = sorted((abs(len(regular_steps(i, w, num_steps)) - target), i, w)
+                   for i in range(1, num_steps + 1) for w in range(1, num_steps + 1))
+    return [(i, w) for miss, i, w in pairs if miss == pairs[0][0]][:count]
 
 
 def _path_cost(run: np.ndarray, steps: list) -> float:
@@ -227,7 +240,7 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
 
 def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
          predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals",
-         fixed: tuple | None = None, velocity: bool = False) -> Schedule:
+         fixed: tuple | None = None, velocity: bool = False, pattern: tuple | None = None) -> Schedule:
     """The plan of least predicted error that executes at most `budget` of the block compute.
 
     Args:
@@ -242,6 +255,8 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
             "outputs" (the transformer output's chained prediction error, MeanCache's step costs) or "uniform"
             (evenly spread, no model) or "regular" (a warm-up, then one step in an interval: the best such pattern
             by the residuals' error model).
+        pattern: objective "regular" only: this (interval, warm-up) instead of the error model's best; it must
+            compute round(N·budget) steps (`regular_patterns` lists those a budget allows).
         fixed: a (predictor, K) every reused cell takes, instead of each cell's least error by the error model
             (which is teacher-forced: end to end, one predictor throughout is sometimes better).
         velocity: whole-step plans only: make every reused step a velocity step (the transformer not called, its
@@ -266,6 +281,12 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         raise ValueError("per-group plans are chosen on the residuals; use objective='residuals'")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
         raise ValueError(f"gamma must be a positive number, got {gamma!r}")
+    if pattern is not None:
+        if objective != "regular" or allocation != "steps":
+            raise ValueError("a pattern sets a regular whole-step plan: use objective='regular', allocation='steps'")
+        if (not isinstance(pattern, (tuple, list)) or len(pattern) != 2
+                or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pattern)):
+            raise ValueError(f"pattern must be (interval, warm-up), two integers >= 1, got {pattern!r}")
     allowed = allowed_candidates(cal, max_k, predictors)
     if not allowed:
         raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
@@ -282,12 +303,13 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         output_predictors = [(kind, k) for kind, k in MEANCACHE_PREDICTORS if max_k is None or k <= max_k]
         outputs = output_costs(cal, output_predictors, float(gamma))
     if allocation == "steps":
-        compute, error = _steps_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective, outputs)
+        compute, error = _steps_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective, outputs,
+                                           None if pattern is None else tuple(pattern))
     else:
         compute, error = _groups_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
-            "velocity": velocity, "predicted_error": error}
+            "velocity": velocity, "pattern": None if pattern is None else list(pattern), "predicted_error": error}
     schedule = schedule_from_mask(cal, compute, meta, allowed)
     if velocity:
         schedule = _velocity_steps(schedule, compute[:, 0], output_predictors, outputs[1])
@@ -394,22 +416,33 @@ WHOLE_STEP_OPTIONS = ({"gamma": 2.0}, {"gamma": 1.0}, {"objective": "outputs"},
                       {"objective": "outputs", "velocity": True, "gamma": 1.0})
 VERIFIED_OPTIONS = (*({"allocation": "steps", **o} for o in WHOLE_STEP_OPTIONS), {"allocation": "groups", "gamma": 2.0})
 # One predictor throughout, tried on the steps of the best plans: the error model picks each cell's predictor
-# teacher-forced, and end to end the JVP slope (or MeanCache's estimator) on every reused cell is sometimes better.
-FIXED_PREDICTORS = (("slope", 2), ("mean", 2))
+# teacher-forced, and end to end the JVP slope, MeanCache's estimator or the parabola (TaylorSeer's order 2) on every
+# reused cell is sometimes better.
+FIXED_PREDICTORS = (("slope", 2), ("mean", 2), ("quadratic", 3))
+
+
+def verified_options(num_steps: int, budget: float) -> list[dict]:
+    """What `plan_verified` checks by default: VERIFIED_OPTIONS, then the regular patterns TaylorSeer's tuning tries
+    at this budget (`regular_patterns`), each with LayerCache's predictors. The teacher-forced error model ranks
+    regular patterns poorly (at 50 steps and 4x it prefers a warm-up of 4 and an interval of 5; end to end a warm-up
+    of 1 and an interval of 4 is better), so the check runs the peer's own candidates: with MeanCache's steps
+    already among the options, LayerCache never chooses among fewer plans than a peer it is compared with."""
+    return [*VERIFIED_OPTIONS, *({"allocation": "steps", "objective": "regular", "pattern": p}
+                                 for p in regular_patterns(num_steps, budget))]
 
 
 def option_name(option: dict) -> str:
     return ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in sorted(option.items()))
 
 
-def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, candidates=VERIFIED_OPTIONS,
+def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, candidates=None,
                   reference=None, progress=None, fixed_predictors=FIXED_PREDICTORS, refine: int = 3,
                   **options) -> Schedule:
-    """The plan checked end to end: plan once per option set in `candidates`, run each plan on the
-    calibration calls (never evaluation inputs) and keep the one whose final latents are closest to the uncached
-    ones (`reference`, from `reference_latents`; computed if not given). Then the `refine` best plans' steps are
-    tried again with each of `fixed_predictors` on every reused cell. Option sets that cannot reach the budget are
-    skipped; argument errors reach the caller. `progress(done, total)` is called before each run.
+    """The plan checked end to end: plan once per option set in `candidates` (default `verified_options`), run each
+    plan on the calibration calls (never evaluation inputs) and keep the one whose final latents are closest to the
+    uncached ones (`reference`, from `reference_latents`; computed if not given). Then the `refine` best plans'
+    steps are tried again with each of `fixed_predictors` on every reused cell. Option sets that cannot reach the
+    budget are skipped; argument errors reach the caller. `progress(done, total)` is called before each run.
 
     Example:
         >>> schedule = plan_verified(pipe, cal, 0.5, calls)     # the calls `cal` was calibrated on
@@ -421,6 +454,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     if not calls:
         raise ValueError("plan_verified needs the calibration calls to run the candidate plans on")
     steps = calibration.num_steps
+    candidates = verified_options(steps, budget) if candidates is None else list(candidates)
     if reference is None:
         reference = reference_latents(pipe, calls, steps)
     tried, seen, plans = {}, {}, {}

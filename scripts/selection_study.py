@@ -5,9 +5,12 @@ option and each option's steps with every fixed predictor; MeanCache: γ 2 and 1
 warm-up, order) points) is run on both calibration calls (final latents, per image squared error against the
 uncached latents) and on the evaluation seeds (per image PSNR against the uncached image). The per-image figures
 are written out so that any selection rule can be scored offline (`--report`). LayerCache's candidates here are a
-superset of what `plan_verified` runs (it tries the fixed predictors on its three best plans' steps only).
+superset of what `plan_verified` runs (it tries the fixed predictors on its three best plans' steps only). With
+--resume, the candidates already in the file are kept and only the missing ones run (after the planner's
+candidates grew).
 
     python scripts/selection_study.py --model tiny --steps 10 --out assets/selection_study_tiny_steps10.json
+    python scripts/selection_study.py --model tiny --steps 10 --out assets/selection_study_tiny_steps10.json --resume
     python scripts/selection_study.py --report assets/selection_study_*.json
 """
 
@@ -39,6 +42,17 @@ def score(candidate: dict, calls, aggregate: str) -> float:
     return float(per_image(candidate, calls, aggregate).mean())
 
 
+def as_plan_verified(names: dict, calls, aggregate: str, refine: int = 3) -> dict:
+    """LayerCache's candidates that `plan_verified` runs: every option, then the fixed predictors on the steps of the
+    `refine` options of least score only."""
+    def steps_of(name):
+        return sorted(kv for kv in name.split(",") if kv.split("=")[0] not in ("predictors", "velocity", "fixed"))
+
+    options = {n: c for n, c in names.items() if "fixed=" not in n}
+    best = [steps_of(n) for n in sorted(options, key=lambda n: score(options[n], calls, aggregate))[:refine]]
+    return {n: c for n, c in names.items() if n in options or steps_of(n) in best}
+
+
 def choose(names: dict, calls, aggregate: str, z: float) -> dict:
     """The candidate of least score; with z > 0, the best velocity-step plan unless that one is better by z
     standard errors of the paired per-image difference."""
@@ -52,10 +66,10 @@ def choose(names: dict, calls, aggregate: str, z: float) -> dict:
 
 
 def layercache_candidates(cal, budget) -> dict:
-    from layercache.planner import FIXED_PREDICTORS, VERIFIED_OPTIONS, OutOfReach, option_name, plan
+    from layercache.planner import FIXED_PREDICTORS, OutOfReach, option_name, plan, verified_options
 
     plans, seen = {}, set()
-    for option in VERIFIED_OPTIONS:
+    for option in verified_options(cal.num_steps, budget):
         steps_of = {k: v for k, v in option.items() if k not in ("predictors", "velocity")}
         for variant in (option, *({**steps_of, "fixed": tuple(f)} for f in FIXED_PREDICTORS)):
             try:
@@ -90,6 +104,8 @@ def measure(args) -> list:
     pipe.set_progress_bar_config(disable=True)
     calls = calibration_calls()
     seeds = list(range(100, 100 + args.images))
+    measured = {(c["model"], c["steps"], c["budget"]): c["candidates"]
+                for c in (json.loads(Path(args.out).read_text()) if args.resume else [])}
     cells = []
     for steps in args.steps:
         ctx = BenchContext(pipe, steps, calls, {4: shipped_calibration(args.model, steps, 4)})
@@ -102,8 +118,10 @@ def measure(args) -> list:
             for peer in ("meancache", "taylorseer"):
                 prepare(peer, ctx, budget)
                 candidates.update({f"{peer} {json.dumps(c.params, sort_keys=True)}": c for c in ctx.captured})
-            rows = {}
+            rows = dict(measured.get((args.model, steps, budget), {}))
             for name, cache in candidates.items():
+                if name in rows:   # measured by an earlier run of the same file (--resume)
+                    continue
                 started = time.time()
                 steps_run = cache.num_inference_steps or steps
                 cache.attach(pipe)
@@ -119,7 +137,9 @@ def measure(args) -> list:
                 print(f"{steps} {budget:g} {name}: eval {np.mean(rows[name]['eval_psnr']):.2f} dB "
                       f"({time.time() - started:.1f} s)", file=sys.stderr)
             cells.append({"model": args.model, "steps": steps, "budget": budget, "candidates": rows})
-    return cells
+    others = {(c["model"], c["steps"], c["budget"]) for c in cells}
+    return [{"model": m, "steps": n, "budget": b, "candidates": rows}
+            for (m, n, b), rows in measured.items() if (m, n, b) not in others] + cells
 
 
 def report(cells: list) -> str:
@@ -130,7 +150,9 @@ def report(cells: list) -> str:
         for rule, (calls, aggregate, z) in RULES.items():
             chosen = {}
             for method in ("layercache", "meancache", "taylorseer"):
-                mine = {n: c for n, c in cell["candidates"].items() if c["method"] == method}
+                mine = {n.split(" ", 1)[1]: c for n, c in cell["candidates"].items() if c["method"] == method}
+                if method == "layercache":
+                    mine = as_plan_verified(mine, calls, aggregate)
                 chosen[method] = float(np.mean(choose(mine, calls, aggregate, z)["eval_psnr"]))
             oracle = max(np.mean(c["eval_psnr"]) for c in cell["candidates"].values() if c["method"] == "layercache")
             margin = chosen["layercache"] - max(chosen["meancache"], chosen["taylorseer"])
@@ -152,8 +174,12 @@ def main():
     parser.add_argument("--budgets", default="0.7,0.5,0.35,0.25,0.2")
     parser.add_argument("--images", type=int, default=20, help="evaluation seeds 100, 101, ...")
     parser.add_argument("--out")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cells and candidates already in --out; measure only what is missing")
     parser.add_argument("--report", nargs="+", help="score the rules on these files instead of measuring")
     args = parser.parse_args()
+    if args.resume and not (args.out and Path(args.out).is_file()):
+        parser.error("--resume needs --out to name an existing study file")
     if args.report:
         print(report([cell for path in args.report for cell in json.loads(Path(path).read_text())]))
         return

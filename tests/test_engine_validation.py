@@ -333,12 +333,13 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     """The library's default path (plan_verified, what the app and benchmark use) is, end to end on the calibration
     calls, no worse than any whole-step plan the planner makes: its choice, its bookkeeping and its dedup hold."""
     from layercache.planner import (
-        VERIFIED_OPTIONS,
         WHOLE_STEP_OPTIONS,
         latent_error,
         option_name,
         plan_verified,
         reference_latents,
+        regular_patterns,
+        verified_options,
     )
 
     calls = [{"label": [1, 7], "seed": 5}]
@@ -355,11 +356,13 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     budget = 0.4
     chosen = plan_verified(tiny_pipe, cal, budget, calls, reference=reference)
     tried = chosen.meta["verified"]["calibration_error"]
-    assert {option_name(o) for o in VERIFIED_OPTIONS} <= set(tried)
-    refined = set(tried) - {option_name(o) for o in VERIFIED_OPTIONS}   # the best plans' steps, one predictor
+    options = verified_options(steps, budget)
+    assert {option_name(o) for o in options} <= set(tried)
+    refined = set(tried) - {option_name(o) for o in options}   # the best plans' steps, one predictor
     assert refined and all("fixed=" in name for name in refined)
     assert end_to_end(chosen) == pytest.approx(min(tried.values()))
-    alternatives = [plan(cal, budget, **option) for option in WHOLE_STEP_OPTIONS]
+    peers_patterns = [plan(cal, budget, objective="regular", pattern=p) for p in regular_patterns(steps, budget)]
+    alternatives = [plan(cal, budget, **option) for option in WHOLE_STEP_OPTIONS] + peers_patterns
     assert all(end_to_end(chosen) <= end_to_end(s) + 1e-12 for s in alternatives)
     assert untouched(tiny_pipe)
 
@@ -407,3 +410,26 @@ def test_regular_plans_follow_a_warm_up_then_an_interval(cal):
         steps = [i for i, row in enumerate(schedule.cells) if row[0].compute]
         assert len(steps) == steps_for(budget, STEPS)
         assert any(steps == regular_steps(i, w, STEPS) for i in range(1, STEPS + 1) for w in range(1, STEPS + 1))
+
+
+def test_a_pattern_sets_the_regular_plan_taylorseer_would_compute(cal):
+    """`regular_patterns` are the (interval, warm-up) points TaylorSeer's tuning tries; plan(pattern=...) computes
+    exactly their steps, and a pattern that misses the budget or is malformed is refused with what to change."""
+    from layercache.evaluation.baselines import taylorseer_computed_steps
+    from layercache.planner import OutOfReach, regular_patterns, regular_steps, steps_for
+
+    for budget in [0.75, 0.5, 0.3]:
+        patterns = regular_patterns(STEPS, budget)
+        assert 1 <= len(patterns) <= 3 and patterns == sorted(patterns)   # most frequent refresh first
+        for interval, warmup in patterns:
+            assert taylorseer_computed_steps(interval, warmup, STEPS) == steps_for(budget, STEPS)
+            schedule = plan(cal, budget, objective="regular", pattern=(interval, warmup))
+            steps = [i for i, row in enumerate(schedule.cells) if row[0].compute]
+            assert steps == regular_steps(interval, warmup, STEPS)
+            assert schedule.meta["pattern"] == [interval, warmup]
+    with pytest.raises(OutOfReach, match="choose one of regular_patterns"):
+        plan(cal, 0.5, objective="regular", pattern=(1, 1))        # computes every step
+    with pytest.raises(ValueError, match="use objective='regular'"):
+        plan(cal, 0.5, pattern=(2, 1))
+    with pytest.raises(ValueError, match="two integers >= 1"):
+        plan(cal, 0.5, objective="regular", pattern=(2, 0))

@@ -50,7 +50,15 @@ from ..calibrate import Calibration, calibrate, call_kwargs
 from ..methods import METHODS as LIBRARY
 from ..methods import Cache, DiffusersCacheSetting, LayerCacheSetting, Method, Uncached
 from ..methods import prepare as prepare_cache
-from ..planner import latent_error, plan_verified, reference_latents, schedule_from_mask, steps_for
+from ..planner import (
+    latent_error,
+    plan_verified,
+    reference_latents,
+    regular_patterns,
+    regular_steps,
+    schedule_from_mask,
+    steps_for,
+)
 from ..schedule import Schedule
 from .metrics import BlockCounter
 
@@ -287,8 +295,8 @@ def _magcache(ctx, budget):
 
 
 def taylorseer_computed_steps(interval: int, warmup: int, num_steps: int) -> int:
-    """Steps diffusers' TaylorSeer computes (mirrors TaylorSeerCacheHook._measure_should_compute)."""
-    return sum(s < warmup or (s - warmup - 1) % interval == 0 for s in range(num_steps))
+    """Steps diffusers' TaylorSeer computes (TaylorSeerCacheHook._measure_should_compute's pattern)."""
+    return len(regular_steps(interval, warmup, num_steps))
 
 
 def _taylorseer(ctx, budget):
@@ -298,12 +306,9 @@ def _taylorseer(ctx, budget):
     order 1 and 2, the one closest to the uncached latents."""
     from diffusers import TaylorSeerCacheConfig
 
-    n, target = ctx.num_steps, steps_for(budget, ctx.num_steps)
-    pairs = sorted((abs(taylorseer_computed_steps(i, w, n) - target), i, w) for i in range(1, n + 1)
-                   for w in range(1, n + 1))
-    closest = [(i, w) for miss, i, w in pairs if miss == pairs[0][0]][:3]
+    n = ctx.num_steps
     points = []
-    for interval, warmup in closest:
+    for interval, warmup in regular_patterns(n, budget):
         for order in (1, 2):
             config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=order,
                                            taylor_factors_dtype=torch.float32,

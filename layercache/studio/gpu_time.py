@@ -19,7 +19,8 @@ from ..planner import FIXED_PREDICTORS, VERIFIED_OPTIONS
 from .space import defaults, serve
 
 ALLOWANCE_S = 30
-PLAN_CHECK_RUNS = 1 + len(VERIFIED_OPTIONS) + 3 * len(FIXED_PREDICTORS)  # reference + candidates + refinements
+# reference + candidates + TaylorSeer's regular patterns (`verified_options`) + refinements
+PLAN_CHECK_RUNS = 1 + len(VERIFIED_OPTIONS) + 3 + 3 * len(FIXED_PREDICTORS)
 
 
 def _seconds(key, steps, runs) -> int:
