@@ -1,0 +1,49 @@
+"""scripts/selection_study.py's offline scoring: it must pick among the candidates `plan_verified` actually runs,
+with the rule it names, or the study's figures say nothing about the benchmark."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "selection_study.py"
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("selection_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def candidate(errors, psnr=30.0):
+    return {"method": "layercache", "calibration_mse": [list(errors), list(errors)], "eval_psnr": [psnr]}
+
+
+def test_the_pool_is_every_option_and_fixed_predictors_on_the_three_best_options_only(study):
+    names = {
+        "allocation=steps,gamma=2.0": candidate([1e-3]),
+        "allocation=steps,objective=outputs": candidate([1e-4]),
+        "allocation=steps,objective=outputs,velocity=True": candidate([1e-5]),
+        "allocation=steps,objective=uniform": candidate([1e-2]),
+        "allocation=steps,fixed=slope+2,objective=outputs": candidate([1e-6]),   # steps of the 2nd and 3rd best
+        "allocation=steps,fixed=slope+2,objective=uniform": candidate([1e-9]),   # steps of the worst: not run
+    }
+    pool = study.as_plan_verified(names, (0, 1), "log")
+    assert set(pool) == set(names) - {"allocation=steps,fixed=slope+2,objective=uniform"}
+    chosen = study.choose(pool, (0, 1), "log", 0)
+    assert chosen is names["allocation=steps,fixed=slope+2,objective=outputs"]
+
+
+def test_the_significance_rule_keeps_the_velocity_plan_unless_beaten_by_two_standard_errors(study):
+    base = np.exp(np.linspace(-10, -6, 10))
+    noisy = np.exp(np.tile([1.0, -1.2], 5))     # log differences +1, -1.2: better by 0.1 on average, SE 0.33
+    velocity = candidate(base)
+    slightly, clearly = candidate(base * noisy), candidate(base / 10)
+    names = {"objective=outputs,velocity=True": velocity, "a": slightly}
+    assert study.score(slightly, (0, 1), "log") < study.score(velocity, (0, 1), "log")
+    assert study.choose(names, (0, 1), "log", 0) is slightly
+    assert study.choose(names, (0, 1), "log", 2) is velocity
+    assert study.choose({**names, "b": clearly}, (0, 1), "log", 2) is clearly
