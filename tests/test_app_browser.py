@@ -130,6 +130,7 @@ def test_history_is_per_session(page, url):
         other = visitor.new_page()
         other.goto(url)
         other.wait_for_selector("#run", timeout=60_000)
+        other.wait_for_selector("#history", state="attached", timeout=60_000)   # on a loaded machine: after #run
         assert other.evaluate(HISTORY_ROWS) == 0
         assert page.evaluate(HISTORY_ROWS) == 2   # the first visitor's runs are still there
     finally:
@@ -158,8 +159,9 @@ def test_paint_a_schedule_and_run_it(page, tmp_path):
     assert len(rows) == 4 and len(rows[0]) == STEPS + 1   # groups x (name + steps)
     step = next(s for s in range(2, STEPS + 1) if rows[1][s] == "run")   # a computed cell of group 1
     page.click(f'#schedule-editor [role=gridcell][data-row="1"][data-col="{step}"]')
-    page.wait_for_function(f"document.querySelector('#schedule-note').innerText !== {planned!r}", timeout=20_000)
-    assert "painted" in note(page) and cell_texts(page)[1][step] == "K2"   # reused now, slope over 2 steps
+    # wait for the new note itself: while the edit is pending, Gradio puts a timer before the old one
+    page.wait_for_function("document.querySelector('#schedule-note').innerText.includes('painted')", timeout=60_000)
+    assert note(page) != planned and cell_texts(page)[1][step] == "K2"   # reused now, slope over 2 steps
     fraction = float(note(page).split("runs ")[1].split("%")[0]) / 100
     before = page.evaluate(HISTORY_ROWS)
     page.click("#run-schedule")
