@@ -196,7 +196,10 @@ def regular_steps(interval: int, warmup: int, num_steps: int) -> list[int]:
     return [s for s in range(num_steps) if s < warmup or (s - warmup - 1) % interval == 0]
 
 
-def regular_patterns(num_steps: int, budget: float, count: int = 3) -> list[tuple[int, int]]:
+PEER_PATTERNS = 3   # how many regular patterns TaylorSeer's tuning tries per budget (and `plan_verified` with it)
+
+
+def regular_patterns(num_steps: int, budget: float, count: int = PEER_PATTERNS) -> list[tuple[int, int]]:
     """The (interval, warm-up) pairs whose regular pattern computes closest to round(N·budget) steps, most frequent
     refresh first, at most `count`: the points TaylorSeer's tuning tries (`evaluation.baselines`)."""
     target = steps_for(budget, num_steps)
