@@ -246,10 +246,13 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
                        candidates, errors, gram, velocity, out, meta)
 
 
-def prediction_weights(kind: str, k: int, anchor_sigmas: list, sigma_now: float, sigma_next: float) -> np.ndarray:
-    """The predictor's weight on each anchor (it is linear in them): predict it on the unit vectors."""
-    basis = list(torch.eye(len(anchor_sigmas), dtype=torch.float64))
-    return predict(kind, basis, list(anchor_sigmas), sigma_now, sigma_next, k).numpy()
+def prediction_weights(kind: str, k: int, anchors: list, target: int, sigmas: list) -> np.ndarray:
+    """The predictor's weight on each anchor step (it is linear in them) when predicting step `target` on the
+    sigma grid `sigmas`: predict it on the unit vectors."""
+    grid = list(sigmas) + [0.0]
+    basis = list(torch.eye(len(anchors), dtype=torch.float64))
+    return predict(kind, basis, [grid[a] for a in anchors], grid[target], grid[target + 1], k, list(anchors),
+                   target).numpy()
 
 
 def relative_error(gram: np.ndarray, anchors: list, weights: np.ndarray, target: int) -> np.ndarray:
@@ -265,13 +268,12 @@ def error_table(gram: np.ndarray, sigmas: list, candidates: list, max_horizon: i
     """errors[i, g, h, c]: candidate c's relative L2 error at step i, anchored on the K consecutive steps
     ending h steps earlier (fewer at the start of the run)."""
     n_steps, n_groups = gram.shape[1], gram.shape[0]
-    grid = list(sigmas) + [0.0]
     errors = np.full((n_steps, n_groups, max_horizon + 1, len(candidates)), np.inf)
     for start in range(n_steps - 1):                              # last computed step
         for c, (kind, k) in enumerate(candidates):
             anchors = list(range(max(0, start + 1 - k), start + 1))
             for h in range(1, min(max_horizon, n_steps - 1 - start) + 1):
                 i = start + h
-                weights = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
+                weights = prediction_weights(kind, k, anchors, i, sigmas)
                 errors[i, :, h, c] = relative_error(gram, anchors, weights, i)
     return errors

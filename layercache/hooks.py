@@ -58,8 +58,10 @@ class LayerCacheState(BaseState):
         self.reused = None     # (hidden, encoder) a reused group's first block returned
         self.started = 0.0
         self.sigmas = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
+        self.steps = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
         self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
         self.output_sigmas = deque(maxlen=self.log_length)   # the transformer's outputs, for velocity steps
+        self.output_steps = deque(maxlen=self.log_length)
         self.outputs = deque(maxlen=self.log_length)
 
 
@@ -179,13 +181,14 @@ class LayerCacheModelHook(ModelHook):
             if step in self.velocity_steps and state.outputs:
                 cell = state.row[0]
                 velocity = predict(cell.predictor, list(state.outputs), list(state.output_sigmas), sigma,
-                                   state.sigma_next, cell.k)
+                                   state.sigma_next, cell.k, list(state.output_steps), step)
                 output = as_output(velocity, kwargs)
             else:
                 output = self.fn_ref.original_forward(*args, **kwargs)
                 velocity = output_velocity(output)
             # predicted outputs are logged too: MeanCache's chained estimator, whose step costs plan these steps
             state.output_sigmas.append(sigma)
+            state.output_steps.append(step)
             state.outputs.append(velocity)
             return output
 
@@ -244,12 +247,11 @@ class LayerCacheBlockHook(ModelHook):
     def _reuse(self, state, cell, hidden, encoder):
         g = self.group
         history = list(state.residuals[g])
-        sigmas = list(state.sigmas[g])
-        d_hidden = predict(cell.predictor, [r[0] for r in history], sigmas, state.sigma, state.sigma_next, cell.k)
+        where = (list(state.sigmas[g]), state.sigma, state.sigma_next, cell.k, list(state.steps[g]), state.step)
+        d_hidden = predict(cell.predictor, [r[0] for r in history], *where)
         d_encoder = None
         if history[-1][1] is not None and encoder is not None:
-            d_encoder = predict(cell.predictor, [r[1] for r in history], sigmas, state.sigma, state.sigma_next,
-                                cell.k)
+            d_encoder = predict(cell.predictor, [r[1] for r in history], *where)
         # predictions are not logged: predictors fit computed residuals only, so an error made here is never
         # extrapolated again (and the planner's error model, which scores anchors, stays exact)
         state.reused = (hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
@@ -271,6 +273,7 @@ class LayerCacheBlockHook(ModelHook):
         if self.config.recorder is not None:
             self.config.recorder(self.state_manager.context.name, state.step, g, d_hidden, d_encoder)
         state.sigmas[g].append(state.sigma)
+        state.steps[g].append(state.step)
         state.residuals[g].append((d_hidden, d_encoder))
 
 

@@ -40,12 +40,14 @@ def output_costs(outputs: np.ndarray, sigmas: list, predictors, gamma: float = 2
         for index, (kind, k) in enumerate(predictors):
             log = deque((out[:, j] for j in range(max(0, a + 1 - k), a + 1)), maxlen=k)
             log_sigmas = deque(grid[max(0, a + 1 - k):a + 1], maxlen=k)
+            log_steps = deque(range(max(0, a + 1 - k), a + 1), maxlen=k)
             total = 0.0
             for i in range(a + 1, n):
-                pred = predict(kind, list(log), list(log_sigmas), grid[i], grid[i + 1], k)
+                pred = predict(kind, list(log), list(log_sigmas), grid[i], grid[i + 1], k, list(log_steps), i)
                 total += float(((pred - out[:, i]).abs().sum(-1) / norms[:, i]).mean()) ** gamma
                 log.append(pred)
                 log_sigmas.append(grid[i])
+                log_steps.append(i)
                 if total < cost[a, i + 1]:
                     cost[a, i + 1], best[a, i + 1] = total, index
     return cost, best

@@ -23,7 +23,8 @@ from dataclasses import replace
 import numpy as np
 
 from .calibrate import Calibration, call_kwargs, prediction_weights
-from .schedule import Cell, Schedule
+from .predictors import MIN_K, PREDICTORS
+from .schedule import MAX_K, Cell, Schedule
 
 ALLOCATIONS = ("steps", "groups")
 OBJECTIVES = ("residuals", "outputs", "uniform", "regular")
@@ -261,7 +262,8 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         pattern: objective "regular" only: this (interval, warm-up) instead of the error model's best; it must
             compute round(N·budget) steps (`regular_patterns` lists those a budget allows).
         fixed: a (predictor, K) every reused cell takes, instead of each cell's least error by the error model
-            (which is teacher-forced: end to end, one predictor throughout is sometimes better).
+            (which is teacher-forced: end to end, one predictor throughout is sometimes better). Any predictor
+            within max_k and predictors, calibrated or not: a plan's predictors need the calibration's Gram only.
         velocity: whole-step plans only: make every reused step a velocity step (the transformer not called, its
             output predicted with MeanCache's estimator, K up to max_k chosen per gap on the calibrated outputs).
 
@@ -294,11 +296,13 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
     if not allowed:
         raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
     use_slope = any(tuple(cal.candidates[c]) == ("slope", 2) for c in allowed)   # `fixed` does not move the steps
+    pairs = [tuple(cal.candidates[c]) for c in allowed]
     if fixed is not None:
-        pairs = [tuple(cal.candidates[c]) for c in allowed]
-        if not isinstance(fixed, (tuple, list)) or tuple(fixed) not in pairs:
-            raise ValueError(f"fixed must be one of the allowed calibrated (predictor, K) pairs {pairs}, got {fixed!r}")
-        allowed = [allowed[pairs.index(tuple(fixed))]]
+        if not fits(fixed, max_k, predictors):
+            raise ValueError(f"fixed must be a (predictor, K) pair allowed here: a predictor of "
+                             f"{tuple(predictors or PREDICTORS)}, K from the predictor's least {MIN_K} to "
+                             f"{min(max_k or MAX_K, MAX_K)} (max_k); got {fixed!r}")
+        pairs = [tuple(fixed)]
     outputs = None   # velocity steps: their predictors' chained output costs (cost, best), computed once
     if velocity:
         if allocation != "steps":
@@ -313,7 +317,7 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
             "velocity": velocity, "pattern": None if pattern is None else list(pattern), "predicted_error": error}
-    schedule = schedule_from_mask(cal, compute, meta, allowed)
+    schedule = schedule_from_mask(cal, compute, meta, pairs)
     if velocity:
         schedule = _velocity_steps(schedule, compute[:, 0], output_predictors, outputs[1])
     schedule.meta["compute_fraction"] = schedule.compute_fraction
@@ -336,13 +340,21 @@ def allowed_candidates(cal: Calibration, max_k=None, predictors=None) -> list[in
             if (max_k is None or k <= max_k) and (predictors is None or kind in predictors)]
 
 
-def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, allowed=None) -> Schedule:
+def fits(pair, max_k=None, predictors=None) -> bool:
+    """Is `pair` a (predictor, K) a plan may use under max_k and predictors?"""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        return False
+    kind, k = pair
+    return (kind in PREDICTORS and (predictors is None or kind in predictors) and isinstance(k, int)
+            and not isinstance(k, bool) and MIN_K[kind] <= k <= min(max_k or MAX_K, MAX_K))
+
+
+def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, candidates=None) -> Schedule:
     """A Schedule from an (N, G) compute mask: on each step, the reused groups take the allowed (predictor, K) each
     whose summed error on their real anchors (each group's last computed steps) is least. Summed, because the
     groups' errors add up in the stack's output and may cancel: a choice that is best for each group alone can
     be worse together (cross-group Gram, `Calibration.gram`)."""
-    allowed = list(range(len(cal.candidates))) if allowed is None else list(allowed)
-    grid = list(cal.sigmas) + [0.0]
+    candidates = [tuple(c) for c in (cal.candidates if candidates is None else candidates)]
     n, groups = compute.shape
     gram = cal.gram.astype(np.float64)
     cells = [[Cell(True) for _ in row] for row in compute]
@@ -351,19 +363,17 @@ def schedule_from_mask(cal: Calibration, compute: np.ndarray, meta: dict, allowe
         if not reused:
             continue
         # error vectors over steps: the predictor's weights on the group's anchors, -1 at the target step
-        vectors = np.zeros((len(reused), len(allowed), n))
+        vectors = np.zeros((len(reused), len(candidates), n))
         for r, g in enumerate(reused):
             anchors_all = np.flatnonzero(compute[:i, g]).tolist()
-            for j, c in enumerate(allowed):
-                kind, k = cal.candidates[c]
+            for j, (kind, k) in enumerate(candidates):
                 anchors = anchors_all[-k:]
-                vectors[r, j, anchors] = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
+                vectors[r, j, anchors] = prediction_weights(kind, k, anchors, i, cal.sigmas)
                 vectors[r, j, i] = -1.0
         pairs = np.einsum("rcn,rsnm,sdm->rcsd", vectors, gram[np.ix_(reused, reused)], vectors)
         picks = _least_sum(pairs)
         for r, g in enumerate(reused):
-            kind, k = cal.candidates[allowed[picks[r]]]
-            cells[i][g] = Cell(False, kind, k)
+            cells[i][g] = Cell(False, *candidates[picks[r]])
     return Schedule(cal.model_id, list(cal.sigmas), list(cal.group_starts), cal.num_blocks, list(cal.group_costs),
                     cells, meta)
 
@@ -419,9 +429,9 @@ WHOLE_STEP_OPTIONS = ({"gamma": 2.0}, {"gamma": 1.0}, {"objective": "outputs"},
                       {"objective": "outputs", "velocity": True, "gamma": 1.0})
 VERIFIED_OPTIONS = (*({"allocation": "steps", **o} for o in WHOLE_STEP_OPTIONS), {"allocation": "groups", "gamma": 2.0})
 # One predictor throughout, tried on the steps of the best plans: the error model picks each cell's predictor
-# teacher-forced, and end to end the JVP slope, MeanCache's estimator or the parabola (TaylorSeer's order 2) on every
-# reused cell is sometimes better.
-FIXED_PREDICTORS = (("slope", 2), ("mean", 2), ("quadratic", 3))
+# teacher-forced, and end to end the JVP slope, MeanCache's estimator, the parabola through three anchors or
+# TaylorSeer's damped second order on every reused cell is sometimes better.
+FIXED_PREDICTORS = (("slope", 2), ("mean", 2), ("quadratic", 3), ("taylor", 3))
 
 
 def verified_options(num_steps: int, budget: float) -> list[dict]:
@@ -461,9 +471,9 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     if reference is None:
         reference = reference_latents(pipe, calls, steps)
     tried, seen, plans = {}, {}, {}
-    allowed = {tuple(calibration.candidates[c])
-               for c in allowed_candidates(calibration, options.get("max_k"), options.get("predictors"))}
-    fixed = [f for f in fixed_predictors if tuple(f) in allowed and "fixed" not in options]
+    allowed = allowed_candidates(calibration, options.get("max_k"), options.get("predictors"))
+    fixed = [f for f in fixed_predictors if fits(f, options.get("max_k"), options.get("predictors"))
+             and "fixed" not in options]
     total = len(candidates) + refine * len(fixed)
 
     def check(option: dict, done: int):

@@ -1,14 +1,16 @@
 """How a reused group's residual is predicted from its log (docs/design.md, "Predictors"). Pure tensor functions.
 
 A log holds a group's last computed residuals (its anchors: predictions are never logged), oldest first, with
-the sigma of each entry. Every predictor is linear in the log, computes in fp32 and returns the log's dtype.
-K = 1 is plain reuse.
+the sigma and the step index of each entry. Every predictor is linear in the log, computes in fp32 and returns the
+log's dtype. K = 1 is plain reuse.
 """
+
+import math
 
 import torch
 
-PREDICTORS = ("slope", "mean", "quadratic")
-MIN_K = {"slope": 1, "mean": 2, "quadratic": 3}   # below it a predictor is one of the others
+PREDICTORS = ("slope", "mean", "quadratic", "taylor")
+MIN_K = {"slope": 1, "mean": 2, "quadratic": 3, "taylor": 2}   # below it a predictor is one of the others
 
 
 def slope(deltas: list, sigmas: list, sigma_now: float, k: int) -> torch.Tensor:
@@ -59,7 +61,31 @@ def quadratic(deltas: list, sigmas: list, sigma_now: float, k: int) -> torch.Ten
     return sum(float(w) * d.float() for w, d in zip(weights.tolist(), deltas[-span:])).to(last.dtype)
 
 
-def predict(kind: str, deltas: list, sigmas: list, sigma_now: float, sigma_next: float, k: int):
+def taylor(deltas: list, steps: list, step_now: int, k: int) -> torch.Tensor:
+    """TaylorSeer's form, order K - 1 in the step index: at each anchor the order-j factor is the change of the
+    order-(j - 1) factor since the previous anchor over the steps between them (TaylorSeer's update), and the
+    prediction is the truncated Taylor series sum_j F_j t^j / j!, t the steps since the last anchor. Unlike the
+    parabola through the anchors its second-order term is t^2 / 2, not t (t + gap) / 2: a damped extrapolation,
+    which over long gaps is often closer end to end (docs/design.md, "Predictors")."""
+    span = min(k, len(deltas))
+    last = deltas[-1]
+    factors = []
+    for m in range(len(deltas) - span, len(deltas)):
+        new = [deltas[m].float()]
+        for previous in factors[:k - 1]:
+            new.append((new[-1] - previous) / (steps[m] - steps[m - 1]))
+        factors = new
+    t = step_now - steps[-1]
+    return sum(f * (t ** j / math.factorial(j)) for j, f in enumerate(factors)).to(last.dtype)
+
+
+def predict(kind: str, deltas: list, sigmas: list, sigma_now: float, sigma_next: float, k: int,
+            steps: list | None = None, step_now: int | None = None):
+    """`steps`, `step_now`: the anchors' step indices and the current one (the "taylor" predictor's variable)."""
+    if kind == "taylor":
+        if steps is None or step_now is None:
+            raise ValueError("the taylor predictor needs the anchors' step indices and the current step")
+        return taylor(deltas, steps, step_now, k)
     if kind == "slope":
         return slope(deltas, sigmas, sigma_now, k)
     if kind == "mean":

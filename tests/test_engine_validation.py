@@ -68,7 +68,6 @@ def table_error(cal, compute, stack: bool = False) -> float:
     stack=True (whole-step masks): the error of the groups' summed residual, cross terms included."""
     from layercache.calibrate import prediction_weights, relative_error
 
-    grid = list(cal.sigmas) + [0.0]
     energy = np.einsum("ggii->i", cal.gram)
     grams = [cal.gram.sum(axis=(0, 1))[None]] if stack else [cal.group_gram[g:g + 1] for g in range(cal.num_groups)]
     total = 0.0
@@ -81,8 +80,7 @@ def table_error(cal, compute, stack: bool = False) -> float:
             options = [([computed[-1]], [1.0])]
             if len(computed) >= 2:
                 anchors = computed[-2:]
-                options.append((anchors, prediction_weights("slope", 2, [grid[a] for a in anchors], grid[i],
-                                                            grid[i + 1])))
+                options.append((anchors, prediction_weights("slope", 2, anchors, i, cal.sigmas)))
             squared = min(relative_error(gram, a, w, i)[0] ** 2 for a, w in options)
             total += squared * gram[0, i, i] / energy[i]
     return total
@@ -134,7 +132,6 @@ def test_reused_cells_take_the_least_summed_error_on_their_real_anchors(cal):
 
     from layercache.calibrate import prediction_weights
 
-    grid = list(cal.sigmas) + [0.0]
     for schedule in (plan(cal, 0.5), plan(cal, 0.5, allocation="groups")):
         for i, row in enumerate(schedule.cells):
             reused = [g for g, cell in enumerate(row) if not cell.compute]
@@ -144,7 +141,7 @@ def test_reused_cells_take_the_least_summed_error_on_their_real_anchors(cal):
             def vector(g, kind, k):
                 anchors = [a for a in range(i) if schedule.cells[a][g].compute][-k:]
                 v = np.zeros(cal.num_steps)
-                v[anchors] = prediction_weights(kind, k, [grid[a] for a in anchors], grid[i], grid[i + 1])
+                v[anchors] = prediction_weights(kind, k, anchors, i, cal.sigmas)
                 v[i] = -1.0
                 return v
 
@@ -397,8 +394,51 @@ def test_fixed_predictor_keeps_the_steps_and_sets_every_reused_cell(cal):
     base, fixed = plan(cal, 0.5), plan(cal, 0.5, fixed=("slope", 2))
     assert [[c.compute for c in row] for row in base.cells] == [[c.compute for c in row] for row in fixed.cells]
     assert {(c.predictor, c.k) for row in fixed.cells for c in row if not c.compute} == {("slope", 2)}
-    with pytest.raises(ValueError, match="fixed must be one of the allowed"):
-        plan(cal, 0.5, fixed=("slope", 2), max_k=1)
+    for wrong in ({"fixed": ("slope", 2), "max_k": 1}, {"fixed": ("taylor", 1)}, {"fixed": ("cubic", 2)},
+                  {"fixed": ("slope", 2), "predictors": ("mean",)}):
+        with pytest.raises(ValueError, match=r"fixed must be a \(predictor, K\) pair allowed here"):
+            plan(cal, 0.5, **wrong)
+
+
+def test_a_fixed_predictor_needs_no_calibrated_errors(cal):
+    """Calibrations made before a predictor existed (no error-table column for it) still plan with it fixed."""
+    from dataclasses import replace
+
+    keep = [c for c, (kind, _) in enumerate(cal.candidates) if kind != "taylor"]
+    old = replace(cal, candidates=[cal.candidates[c] for c in keep], errors=cal.errors[..., keep])
+    fixed = plan(old, 0.35, fixed=("taylor", 3))
+    assert {(c.predictor, c.k) for row in fixed.cells for c in row if not c.compute} == {("taylor", 3)}
+    assert fixed.cells == plan(cal, 0.35, fixed=("taylor", 3)).cells
+
+
+@pytest.mark.parametrize("allocation", ["steps", "groups"])
+def test_hooks_hand_each_predictor_its_groups_computed_steps(tiny_pipe, cal, monkeypatch, allocation):
+    """A reused group is predicted from that group's own last computed steps (sigmas and step indices), at the
+    current step: what the "taylor" predictor extrapolates in and what the error model assumed."""
+    from layercache import hooks
+
+    schedule = plan(cal, 0.35, allocation=allocation, fixed=("taylor", 3))
+    calls, real = [], hooks.predict
+
+    def spy(kind, deltas, sigmas, sigma_now, sigma_next, k, steps=None, step_now=None):
+        calls.append((kind, k, list(sigmas), sigma_now, list(steps), step_now))
+        return real(kind, deltas, sigmas, sigma_now, sigma_next, k, steps, step_now)
+
+    monkeypatch.setattr(hooks, "predict", spy)
+    lc.enable(tiny_pipe, schedule)
+    try:
+        run(tiny_pipe)
+    finally:
+        lc.disable(tiny_pipe)
+    reused = {(i, g) for i, row in enumerate(schedule.cells) for g, c in enumerate(row) if not c.compute}
+    assert reused and calls
+    for kind, k, sigmas, sigma_now, steps, step_now in calls:
+        assert (kind, k) == ("taylor", 3)
+        groups = [g for g in range(cal.num_groups) if (step_now, g) in reused]
+        expected = [[a for a in range(step_now) if schedule.cells[a][g].compute][-3:] for g in groups]
+        assert steps in expected
+        assert sigmas == pytest.approx([schedule.sigmas[a] for a in steps], rel=1e-5)
+        assert sigma_now == pytest.approx(schedule.sigmas[step_now], rel=1e-5)
 
 
 def test_regular_plans_follow_a_warm_up_then_an_interval(cal):

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from diffusers.hooks.taylorseer_cache import TaylorSeerState
 
-from layercache.predictors import mean, predict, quadratic, slope
+from layercache.predictors import mean, predict, quadratic, slope, taylor
 
 SIGMAS = [1.0, 0.9, 0.75, 0.6, 0.4]  # uneven steps on purpose
 BASE = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
@@ -76,4 +77,39 @@ def test_short_log_uses_what_is_there_and_keeps_dtype():
 
 def test_unknown_predictor_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown predictor"):
-        predict("taylor", trajectory(lambda s: s), SIGMAS, 0.3, 0.2, 2)
+        predict("cubic", trajectory(lambda s: s), SIGMAS, 0.3, 0.2, 2)
+
+
+STEPS = [0, 1, 5, 9, 13]   # a warm-up step, then one in four (TaylorSeer's pattern)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_taylor_is_diffusers_taylorseer(order):
+    """The same factors and prediction as diffusers' TaylorSeer state fed the same computed steps."""
+    log = [torch.randn(3, 4, generator=torch.Generator().manual_seed(i)) for i in range(len(STEPS))]
+    state = TaylorSeerState(taylor_factors_dtype=torch.float32, max_order=order)
+    for step, features in zip(STEPS, log):
+        state.current_step = step
+        state.update((features,))
+    for now in (14, 16):
+        state.current_step = now
+        expected = state.predict()[0]
+        assert torch.allclose(taylor(log, STEPS, now, order + 1), expected, atol=1e-5)
+        # a log no longer than K anchors gives the same (the factors of order j use the last j + 1 anchors)
+        assert torch.allclose(predict("taylor", log[-(order + 1):], SIGMAS, 0.3, 0.2, order + 1,
+                                      STEPS[-(order + 1):], now), expected, atol=1e-5)
+
+
+def test_taylor_is_exact_on_trajectories_linear_in_the_step_and_damped_beyond():
+    linear = [(2.0 - 0.5 * s) * BASE for s in STEPS]
+    for k in (2, 3, 4):
+        assert torch.allclose(taylor(linear, STEPS, 17, k), (2.0 - 0.5 * 17) * BASE, atol=1e-5)
+    square = [float(s * s) * BASE for s in STEPS]
+    # order 2 over the last gap of 4: F1 = (169 - 81) / 4 = 22, F2 = (22 - 14) / 4 = 2, at t = 4: 169 + 88 + 16
+    assert torch.allclose(taylor(square, STEPS, 17, 3), 273.0 * BASE)
+    assert torch.equal(taylor(square, STEPS, 17, 1), square[-1])
+
+
+def test_taylor_without_step_indices_is_a_clear_error():
+    with pytest.raises(ValueError, match="step indices"):
+        predict("taylor", trajectory(lambda s: s), SIGMAS, 0.3, 0.2, 3)

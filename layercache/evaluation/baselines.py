@@ -135,8 +135,7 @@ class BenchContext:
 def _grid_schedule(cal: Calibration, compute: np.ndarray, pick_k: bool, meta: dict) -> Schedule:
     """A Schedule from a (N, G) compute mask; reused cells get the calibrated best candidate at their
     horizon (pick_k) or plain reuse."""
-    plain = [c for c, candidate in enumerate(cal.candidates) if tuple(candidate) == ("slope", 1)]
-    return schedule_from_mask(cal, compute, meta, None if pick_k else plain)
+    return schedule_from_mask(cal, compute, meta, None if pick_k else [("slope", 1)])
 
 
 def _free_steps(n, protect_first=2, protect_last=1):
