@@ -434,14 +434,20 @@ VERIFIED_OPTIONS = (*({"allocation": "steps", **o} for o in WHOLE_STEP_OPTIONS),
 FIXED_PREDICTORS = (("slope", 2), ("mean", 2), ("quadratic", 3), ("taylor", 3))
 
 
+PEER_ORDERS = (("taylor", 2), ("taylor", 3))   # TaylorSeer's orders 1 and 2, the ones its tuning tries
+
+
 def verified_options(num_steps: int, budget: float) -> list[dict]:
     """What `plan_verified` checks by default: VERIFIED_OPTIONS, then the regular patterns TaylorSeer's tuning tries
-    at this budget (`regular_patterns`), each with LayerCache's predictors. The teacher-forced error model ranks
-    regular patterns poorly (at 50 steps and 4x it prefers a warm-up of 4 and an interval of 5; end to end a warm-up
-    of 1 and an interval of 4 is better), so the check runs the peer's own candidates: with MeanCache's steps
-    already among the options, LayerCache never chooses among fewer plans than a peer it is compared with."""
-    return [*VERIFIED_OPTIONS, *({"allocation": "steps", "objective": "regular", "pattern": p}
-                                 for p in regular_patterns(num_steps, budget))]
+    at this budget (`regular_patterns`), each with LayerCache's predictors and with TaylorSeer's expansion of each
+    order it tries (`PEER_ORDERS`) throughout. The teacher-forced error model ranks regular patterns poorly (at 50
+    steps and 4x it prefers a warm-up of 4 and an interval of 5; end to end a warm-up of 1 and an interval of 4 is
+    better), so the check runs the peer's own candidates: with MeanCache's steps already among the options,
+    LayerCache never chooses among fewer plans than a peer it is compared with."""
+    patterns = regular_patterns(num_steps, budget)
+    regular = {"allocation": "steps", "objective": "regular"}
+    return [*VERIFIED_OPTIONS, *({**regular, "pattern": p} for p in patterns),
+            *({**regular, "pattern": p, "fixed": f} for p in patterns for f in PEER_ORDERS)]
 
 
 def option_name(option: dict) -> str:
@@ -482,6 +488,9 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         settings = {**option, **options}   # the caller's settings win over an option set's
         if not allowed_candidates(calibration, settings.get("max_k"), settings.get("predictors")) and allowed:
             return   # e.g. MeanCache's estimator only, under max_k=1: no such candidate, the others still apply
+        if "fixed" in option and "fixed" not in options and not fits(option["fixed"], settings.get("max_k"),
+                                                                    settings.get("predictors")):
+            return   # an option's fixed predictor outside the caller's max_k or predictors
         try:
             schedule = plan(calibration, budget, **settings)
         except OutOfReach:

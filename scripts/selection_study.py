@@ -42,13 +42,14 @@ def score(candidate: dict, calls, aggregate: str) -> float:
     return float(per_image(candidate, calls, aggregate).mean())
 
 
-def as_plan_verified(names: dict, calls, aggregate: str, refine: int = 3) -> dict:
-    """LayerCache's candidates that `plan_verified` runs: every option, then the fixed predictors on the steps of the
-    `refine` options of least score only."""
+def as_plan_verified(names: dict, calls, aggregate: str, first_round=None, refine: int = 3) -> dict:
+    """LayerCache's candidates that `plan_verified` runs: every option of its first round (`first_round`, names;
+    default: those without a fixed predictor), then the fixed predictors on the steps of the `refine` options of
+    least score only."""
     def steps_of(name):
         return sorted(kv for kv in name.split(",") if kv.split("=")[0] not in ("predictors", "velocity", "fixed"))
 
-    options = {n: c for n, c in names.items() if "fixed=" not in n}
+    options = {n: c for n, c in names.items() if ("fixed=" not in n if first_round is None else n in first_round)}
     best = [steps_of(n) for n in sorted(options, key=lambda n: score(options[n], calls, aggregate))[:refine]]
     return {n: c for n, c in names.items() if n in options or steps_of(n) in best}
 
@@ -143,6 +144,8 @@ def measure(args) -> list:
 
 
 def report(cells: list) -> str:
+    from layercache.planner import option_name, verified_options
+
     lines = ["| model | steps | budget | rule | LayerCache | MeanCache | TaylorSeer | margin | oracle LC |",
              "|---|---|---|---|---|---|---|---|---|"]
     totals = {rule: [] for rule in RULES}
@@ -152,7 +155,8 @@ def report(cells: list) -> str:
             for method in ("layercache", "meancache", "taylorseer"):
                 mine = {n.split(" ", 1)[1]: c for n, c in cell["candidates"].items() if c["method"] == method}
                 if method == "layercache":
-                    mine = as_plan_verified(mine, calls, aggregate)
+                    first_round = {option_name(o) for o in verified_options(cell["steps"], cell["budget"])}
+                    mine = as_plan_verified(mine, calls, aggregate, first_round)
                 chosen[method] = float(np.mean(choose(mine, calls, aggregate, z)["eval_psnr"]))
             oracle = max(np.mean(c["eval_psnr"]) for c in cell["candidates"].values() if c["method"] == "layercache")
             margin = chosen["layercache"] - max(chosen["meancache"], chosen["taylorseer"])

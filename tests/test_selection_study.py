@@ -35,6 +35,18 @@ def test_the_pool_is_every_option_and_fixed_predictors_on_the_three_best_options
     assert set(pool) == set(names) - {"allocation=steps,fixed=slope+2,objective=uniform"}
     chosen = study.choose(pool, (0, 1), "log", 0)
     assert chosen is names["allocation=steps,fixed=slope+2,objective=outputs"]
+    # a fixed predictor that is an option of the first round (TaylorSeer's orders on its patterns) is always run
+    first_round = {n for n in names if "fixed=" not in n} | {"allocation=steps,fixed=slope+2,objective=uniform"}
+    assert set(study.as_plan_verified(names, (0, 1), "log", first_round)) == set(names)
+
+
+def test_the_report_scores_plan_verified_as_it_runs_now(study):
+    """TaylorSeer's pattern with its order 2 throughout is a first-round option: the report never leaves it out."""
+    from layercache.planner import option_name, verified_options
+
+    names = {option_name(o) for o in verified_options(30, 0.25)}
+    assert "allocation=steps,fixed=taylor+3,objective=regular,pattern=4+1" in names
+    assert "allocation=steps,fixed=taylor+2,objective=regular,pattern=4+1" in names
 
 
 def test_the_significance_rule_keeps_the_velocity_plan_unless_beaten_by_two_standard_errors(study):
