@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from layercache.predictors import MIN_K, PREDICTORS
 from layercache.schedule import Cell, Schedule
 from layercache.studio import editor, lesson
 
@@ -26,6 +27,15 @@ def test_a_click_toggles_one_cell_or_the_whole_step():
     whole = Schedule.from_json(editor.toggle(before, 2, 0, True, "slope", 2)).cells
     assert all(cell.compute for cell in whole[2])   # the reused step 2 computed again, every group
     assert Schedule.from_json(before).cells[2][0] == Cell(False, "slope", 2)   # the input is not mutated
+
+
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_every_predictor_can_be_painted_and_labelled(predictor):
+    k = max(3, MIN_K[predictor])
+    after = editor.toggle(schedule_json(), 3, 1, False, predictor, k)
+    assert Schedule.from_json(after).cells[3][1] == Cell(False, predictor, k)
+    assert editor.label(Cell(False, predictor, k)).endswith(str(k))
+    editor.table(after)   # every cell has a label
 
 
 @pytest.mark.parametrize("step, group, predictor, k, words", [

@@ -3,7 +3,7 @@
 
 The map is drawn as a table with one row per group and one column per step, like the heatmaps: "run" where the
 group is computed, else its predictor and span ("K2" = the slope over the last 2 computed steps, "K1" = plain
-reuse, "mean3", "quad3"). A click toggles a cell, or the whole step, between computed and reused.
+reuse, "mean3", "quad3", "tay3"). A click toggles a cell, or the whole step, between computed and reused.
 """
 
 import json
@@ -15,7 +15,7 @@ from ..predictors import MIN_K, PREDICTORS
 from ..schedule import Cell, Schedule
 
 COMPUTED, REUSED = "#0072B2", "#E69F00"   # Okabe-Ito blue / orange: the heatmaps' colours, colour-blind-safe
-SHORT = {"slope": "K", "mean": "mean", "quadratic": "quad"}
+SHORT = {"slope": "K", "mean": "mean", "quadratic": "quad", "taylor": "tay"}
 
 
 def label(cell: Cell) -> str:
