@@ -249,9 +249,9 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
 def prediction_weights(kind: str, k: int, anchors: list, target: int, sigmas: list) -> np.ndarray:
     """The predictor's weight on each anchor step (it is linear in them) when predicting step `target` on the
     sigma grid `sigmas`: predict it on the unit vectors."""
-    grid = list(sigmas) + [0.0]
+    sigma_next = sigmas[target + 1] if target + 1 < len(sigmas) else 0.0   # called in loops: no grid copy
     basis = list(torch.eye(len(anchors), dtype=torch.float64))
-    return predict(kind, basis, [grid[a] for a in anchors], grid[target], grid[target + 1], k, list(anchors),
+    return predict(kind, basis, [sigmas[a] for a in anchors], sigmas[target], sigma_next, k, list(anchors),
                    target).numpy()
 
 
