@@ -22,7 +22,7 @@ import torch
 
 from .groups import measure_block_flops, model_id, partition
 from .hooks import LayerCacheConfig, apply_layer_cache, model_hook, remove_layer_cache
-from .predictors import MIN_K, PREDICTORS, predict
+from .predictors import MIN_K, PREDICTORS, weights
 from .schedule import Schedule
 
 FORMAT = "layercache.calibration"
@@ -248,11 +248,10 @@ def calibrate(pipe, calls: list, num_inference_steps: int, num_groups: int = 4, 
 
 def prediction_weights(kind: str, k: int, anchors: list, target: int, sigmas: list) -> np.ndarray:
     """The predictor's weight on each anchor step (it is linear in them) when predicting step `target` on the
-    sigma grid `sigmas`: predict it on the unit vectors."""
+    sigma grid `sigmas`."""
     sigma_next = sigmas[target + 1] if target + 1 < len(sigmas) else 0.0   # called in loops: no grid copy
-    basis = list(torch.eye(len(anchors), dtype=torch.float64))
-    return predict(kind, basis, [sigmas[a] for a in anchors], sigmas[target], sigma_next, k, list(anchors),
-                   target).numpy()
+    return np.array(weights(kind, k, tuple(sigmas[a] for a in anchors), sigmas[target], sigma_next, tuple(anchors),
+                            target))
 
 
 def relative_error(gram: np.ndarray, anchors: list, weights: np.ndarray, target: int) -> np.ndarray:

@@ -250,12 +250,18 @@ class LayerCacheBlockHook(ModelHook):
         where = (list(state.sigmas[g]), state.sigma, state.sigma_next, cell.k, list(state.steps[g]), state.step)
         d_hidden = predict(cell.predictor, [r[0] for r in history], *where)
         d_encoder = None
-        if history[-1][1] is not None and encoder is not None:
+        if history[-1][1] is not None and encoder is not None and self._encoder_read_later(state):
             d_encoder = predict(cell.predictor, [r[1] for r in history], *where)
         # predictions are not logged: predictors fit computed residuals only, so an error made here is never
         # extrapolated again (and the planner's error model, which scores anchors, stays exact)
         state.reused = (hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
         return self._as_output(*state.reused)
+
+    def _encoder_read_later(self, state) -> bool:
+        """Does a later group of this step compute (and so read the text stream)? After the last block every
+        supported transformer drops the text stream, so where no later group computes its prediction is not made."""
+        return any(cell.compute or not state.residuals[j]
+                   for j, cell in enumerate(state.row[self.group + 1:], start=self.group + 1))
 
     def _log_computed(self, state, output):
         g = self.group

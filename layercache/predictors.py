@@ -2,9 +2,13 @@
 
 A log holds a group's last computed residuals (its anchors: predictions are never logged), oldest first, with
 the sigma and the step index of each entry. Every predictor is linear in the log, computes in fp32 and returns the
-log's dtype. K = 1 is plain reuse.
+log's dtype. K = 1 is plain reuse. `predict`, what the hooks call, applies the definitions below to the unit vectors
+once per (predictor, K, anchors, target) and then takes one weighted sum of the log: on a reused step that is the
+whole cost of a group (no solve, no per-term temporaries), which is what lets residual reuse approach its ideal
+speed-up on small models (docs/design.md, "Speed").
 """
 
+import functools
 import math
 
 import torch
@@ -79,9 +83,8 @@ def taylor(deltas: list, steps: list, step_now: int, k: int) -> torch.Tensor:
     return sum(f * (t ** j / math.factorial(j)) for j, f in enumerate(factors)).to(last.dtype)
 
 
-def predict(kind: str, deltas: list, sigmas: list, sigma_now: float, sigma_next: float, k: int,
-            steps: list | None = None, step_now: int | None = None):
-    """`steps`, `step_now`: the anchors' step indices and the current one (the "taylor" predictor's variable)."""
+def _definition(kind: str, deltas: list, sigmas: list, sigma_now: float, sigma_next: float, k: int,
+                steps: list | None, step_now: int | None):
     if kind == "taylor":
         if steps is None or step_now is None:
             raise ValueError("the taylor predictor needs the anchors' step indices and the current step")
@@ -93,3 +96,30 @@ def predict(kind: str, deltas: list, sigmas: list, sigma_now: float, sigma_next:
     if kind == "quadratic":
         return quadratic(deltas, sigmas, sigma_now, k)
     raise ValueError(f"unknown predictor {kind!r}; choose one of {PREDICTORS}")
+
+
+@functools.lru_cache(maxsize=8192)
+def weights(kind: str, k: int, sigmas: tuple, sigma_now: float, sigma_next: float, steps: tuple | None = None,
+            step_now: int | None = None) -> tuple:
+    """The predictor's weight on each log entry (oldest first): every predictor is linear in its log, so this is the
+    definition applied to the unit vectors, in float64. Cached: a run asks for the same few weight sets over and
+    over (a schedule fixes each reused cell's anchors)."""
+    basis = list(torch.eye(len(sigmas), dtype=torch.float64))
+    return tuple(_definition(kind, basis, list(sigmas), sigma_now, sigma_next, k,
+                             None if steps is None else list(steps), step_now).tolist())
+
+
+def predict(kind: str, deltas: list, sigmas: list, sigma_now: float, sigma_next: float, k: int,
+            steps: list | None = None, step_now: int | None = None):
+    """The prediction from a log: the weighted sum of its entries in fp32, in the log's dtype. `steps`, `step_now`:
+    the anchors' step indices and the current one (the "taylor" predictor's variable)."""
+    n = len(deltas)   # the log's entries, its sigmas and its steps are aligned at the newest end
+    w = weights(kind, k, tuple(sigmas[-n:]), sigma_now, sigma_next, None if steps is None else tuple(steps[-n:]),
+                step_now)
+    terms = [(wi, d) for wi, d in zip(w, deltas) if wi != 0.0]   # e.g. the slope skips the anchors between its ends
+    if not terms:
+        return torch.zeros_like(deltas[-1])
+    out = terms[0][1].float() * terms[0][0]
+    for wi, d in terms[1:]:
+        out.add_(d.float(), alpha=wi)
+    return out.to(deltas[-1].dtype)

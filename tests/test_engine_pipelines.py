@@ -61,6 +61,32 @@ def test_cached_runs_repeat_and_disable_restores(name):
     assert not lc.is_enabled(pipe.transformer)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_text_stream_left_unpredicted_where_no_later_group_reads_it(name, monkeypatch):
+    """A reused group with no computed group after it skips its text-stream prediction (a speed-up): every supported
+    transformer drops that stream after its last block, so the images equal those of a run that predicts it."""
+    from layercache.hooks import LayerCacheBlockHook
+    pipe, kwargs, cal = setup(name)
+    schedule = lc.plan(cal, 0.6, allocation="groups")
+    calls = []
+    original = LayerCacheBlockHook._encoder_read_later
+
+    def spy(self, state):
+        calls.append(original(self, state))
+        return calls[-1]
+
+    lc.enable(pipe, schedule)
+    try:
+        monkeypatch.setattr(LayerCacheBlockHook, "_encoder_read_later", spy)
+        skipping = run(pipe, kwargs)
+        monkeypatch.setattr(LayerCacheBlockHook, "_encoder_read_later", lambda self, state: True)
+        predicting = run(pipe, kwargs)
+    finally:
+        lc.disable(pipe)
+    assert False in calls   # the skip happened
+    assert torch.equal(skipping, predicting)
+
+
 @pytest.mark.parametrize("allocation", ["steps", "groups"])
 @pytest.mark.parametrize("name", NAMES)
 def test_block_executions_match_schedule_per_cfg_branch(name, allocation):
