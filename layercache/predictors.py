@@ -5,7 +5,7 @@ the sigma and the step index of each entry. Every predictor is linear in the log
 log's dtype. K = 1 is plain reuse. `predict`, what the hooks call, applies the definitions below to the unit vectors
 once per (predictor, K, anchors, target) and then takes one weighted sum of the log: on a reused step that is the
 whole cost of a group (no solve, no per-term temporaries), which is what lets residual reuse approach its ideal
-speed-up on small models (docs/design.md, "Speed").
+speed-up on small models (docs/design.md, "Hooks").
 """
 
 import functools
