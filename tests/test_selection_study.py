@@ -59,3 +59,13 @@ def test_the_significance_rule_keeps_the_velocity_plan_unless_beaten_by_two_stan
     assert study.choose(names, (0, 1), "log", 0) is slightly
     assert study.choose(names, (0, 1), "log", 2) is velocity
     assert study.choose({**names, "b": clearly}, (0, 1), "log", 2) is clearly
+
+
+def test_the_peers_rule_also_defaults_to_taylorseers_pattern_with_the_taylor_predictor(study):
+    base = np.exp(np.linspace(-10, -6, 10))
+    noisy = np.exp(np.tile([1.0, -1.2], 5))
+    peer = candidate(base)
+    slightly = candidate(base * noisy)
+    names = {"allocation=steps,fixed=taylor+3,objective=regular,pattern=4+1": peer, "a": slightly}
+    assert study.choose(names, (0, 1), "log", 2, "velocity") is slightly   # no velocity plan among them
+    assert study.choose(names, (0, 1), "log", 2, "peers") is peer
