@@ -161,3 +161,29 @@ def test_pareto_figure_draws_every_model_and_method_once_per_step_count():
     assert {trace.line.dash for trace in fig.data if trace.name.endswith("tiny-flux")} == {"dot"}
     single = bench.pareto_figure([r for r in records if r["model"] == "tiny"])
     assert {trace.name for trace in single.data} == {"layercache", "meancache"}
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-flux"])
+def test_overheads_floor_swaps_the_blocks_out_and_back(model):
+    """`overhead` times the transformer without its blocks (the floor of residual reuse): inside, every block is a
+    pass-through (the output is the embeddings through the output layer); after, the very same blocks are back."""
+    import torch
+
+    from layercache.evaluation.overhead import blocks_removed
+    from layercache.groups import find_blocks
+    from layercache.models.registry import load_pipeline
+
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    before = find_blocks(pipe.transformer)
+
+    def image():
+        generator = torch.Generator().manual_seed(0)
+        return pipe(label=[3], num_inference_steps=2, generator=generator, output_type="pt").images
+
+    reference = image()
+    with blocks_removed(pipe.transformer):
+        assert all(type(b).__name__ == "_PassThrough" for _, b in find_blocks(pipe.transformer))
+        assert not torch.equal(image(), reference)
+    assert [(n, id(b)) for n, b in find_blocks(pipe.transformer)] == [(n, id(b)) for n, b in before]
+    assert torch.equal(image(), reference)

@@ -6,15 +6,21 @@ Prints: hooked-but-all-computed time / unhooked time (target <= 1.03), and at ea
 wall-clock speed-up of LayerCache (`planner.plan`: reused steps reuse the groups' residuals), of LayerCache with
 velocity steps (`plan(..., objective="outputs", velocity=True)`: a reused step calls nothing) and of MeanCache (same
 calibration) against the ideal one, 1 / executed compute fraction (target: LayerCache within 10% of ideal and not
-below MeanCache by more than noise).
+below MeanCache by more than noise). Then what one transformer call costs (median over the calls of one image at the
+lowest budget): a computed call, a call whose groups are all reused from their residuals, a velocity call, and the
+transformer with its blocks swapped for pass-throughs (its own embeddings and output layer: the floor of residual
+reuse, which no hook can remove).
 """
 
+import contextlib
 import statistics
 import time
 
 import torch
+from diffusers.hooks._helpers import TransformerBlockRegistry
 
 from ..calibrate import Calibration
+from ..groups import find_blocks
 from ..meancache import meancache_schedule
 from ..methods import LayerCacheSetting, MeanCacheSetting, Uncached
 from ..models.registry import get_entry, load_pipeline, shipped_calibration
@@ -34,6 +40,72 @@ def validate(args) -> list[float]:
         raise ValueError(f"no shipped calibration for {args.model} at {args.steps} steps ({path}); run "
                          f"`python -m layercache calibrate-shipped --model {args.model} --steps {args.steps}` first")
     return parse_budgets(args.budgets)
+
+
+class _PassThrough(torch.nn.Module):
+    """A block that returns its inputs, in its block's output order."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.meta = TransformerBlockRegistry.get(type(block))
+
+    def forward(self, *args, **kwargs):
+        output = [None, None]
+        for name, index in (("hidden_states", self.meta.return_hidden_states_index),
+                            ("encoder_hidden_states", self.meta.return_encoder_hidden_states_index)):
+            if index is not None:
+                output[index] = self.meta._get_parameter_from_args_kwargs(name, args, kwargs)
+        return tuple(output)
+
+
+@contextlib.contextmanager
+def blocks_removed(transformer):
+    """The transformer with every block swapped for a pass-through, restored on exit."""
+    blocks = find_blocks(transformer)
+    try:
+        for name, block in blocks:
+            transformer.set_submodule(name, _PassThrough(block))
+        yield
+    finally:
+        for name, block in blocks:
+            transformer.set_submodule(name, block)
+
+
+def call_times(pipe, steps: int) -> list[float]:
+    """Wall time of every transformer call of one generation, in order (torch hooks around the hooked forward)."""
+    times, handles = [], []
+    handles.append(pipe.transformer.register_forward_pre_hook(lambda m, a: times.append(time.perf_counter())))
+    handles.append(pipe.transformer.register_forward_hook(lambda m, a, o: times.append(time.perf_counter()
+                                                                                         - times.pop())))
+    try:
+        pipe(label=[7], num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return times
+
+
+def call_costs(pipe, schedules: dict, budget: float, steps: int, repeats: int) -> dict:
+    """Median ms of a computed call, a fully residual-reused call, a velocity call and a call without blocks."""
+    found = {"computed": [], "reused (residuals)": [], "velocity": [], "no blocks (the floor)": []}
+    for _ in range(repeats):
+        for method in ("layercache", "velocity"):
+            schedule = schedules[f"{method} {budget}"]
+            cache = LayerCacheSetting(schedule)
+            cache.attach(pipe, telemetry=False)
+            try:
+                times = call_times(pipe, steps)
+            finally:
+                cache.detach(pipe)
+            per_step = len(times) // steps
+            for i, row in enumerate(schedule.cells):
+                kind = ("computed" if any(c.compute for c in row) else
+                        "velocity" if i in schedule.velocity_steps else "reused (residuals)")
+                if i > 0:   # the first step also builds the caches
+                    found[kind] += times[i * per_step:(i + 1) * per_step]
+        with blocks_removed(pipe.transformer):
+            found["no blocks (the floor)"] += call_times(pipe, steps)[per_step:]
+    return {kind: 1e3 * statistics.median(values) for kind, values in found.items() if values}
 
 
 def run(args):
@@ -85,3 +157,7 @@ def run(args):
             realized = median["unhooked"] / median[f"{method} {budget}"]
             row += [f"{realized:.2f}×", f"{realized * schedule.compute_fraction:.2f}"]
         print("| " + " | ".join(row) + " |")
+    budget = min(budgets)
+    print(f"one transformer call at budget {budget:g}, median over {args.repeats} images (ms):")
+    for kind, ms in call_costs(pipe, schedules, budget, args.steps, args.repeats).items():
+        print(f"  {kind:<22} {ms:.2f}")
