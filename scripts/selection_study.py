@@ -25,7 +25,9 @@ import numpy as np
 # LayerCache's plans that equal a peer's own: MeanCache's steps as velocity steps (bit for bit MeanCache) and
 # TaylorSeer's patterns with the taylor predictor (its expansion on the groups' residuals)
 DEFAULTS = {"velocity": lambda name: "velocity=True" in name,
-            "peers": lambda name: "velocity=True" in name or ("pattern=" in name and "fixed=taylor" in name)}
+            "peers": lambda name: "velocity=True" in name or ("pattern=" in name and "fixed=taylor" in name),
+            # every whole-step plan with the model's predictors: what item 4's guarantee compares with
+            "whole-step": lambda name: "allocation=steps" in name and "fixed=" not in name}
 
 RULES = {   # name: (calibration calls used, per-image aggregate, standard errors, default plans); smaller is better
     "mse, call 1 (the previous check)": ((0,), "mse", 0, None),
@@ -36,6 +38,7 @@ RULES = {   # name: (calibration calls used, per-image aggregate, standard error
     # standard errors of the paired per-image difference (not adopted: measured on the cells of the files only)
     "log mse, calls 1+2, velocity plan unless 2 SE better": ((0, 1), "log", 2, "velocity"),
     "log mse, calls 1+2, peers' plans unless 2 SE better": ((0, 1), "log", 2, "peers"),
+    "log mse, calls 1+2, whole-step plans unless 2 SE better": ((0, 1), "log", 2, "whole-step"),
 }
 
 
