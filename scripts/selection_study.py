@@ -12,6 +12,9 @@ candidates grew).
     python scripts/selection_study.py --model tiny --steps 10 --out assets/selection_study_tiny_steps10.json
     python scripts/selection_study.py --model tiny --steps 10 --out assets/selection_study_tiny_steps10.json --resume
     python scripts/selection_study.py --report assets/selection_study_*.json
+    python scripts/selection_study.py --steps 30 --budgets 0.35 --out F --only "layercache allocation=steps,gamma=2.0" \
+        "layercache allocation=steps,fixed=taylor+3,objective=regular,pattern=3+1"     # two candidates only
+    python scripts/selection_study.py --report F --compare "layercache A" "layercache B"   # paired, per cell
 """
 
 import argparse
@@ -128,6 +131,11 @@ def measure(args) -> list:
             for peer in ("meancache", "taylorseer"):
                 prepare(peer, ctx, budget)
                 candidates.update({f"{peer} {json.dumps(c.params, sort_keys=True)}": c for c in ctx.captured})
+            if args.only:
+                unknown = set(args.only) - set(candidates)
+                if unknown:
+                    sys.exit(f"--only: no such candidate at {steps} steps / {budget:g}: {sorted(unknown)}")
+                candidates = {name: candidates[name] for name in args.only}
             rows = dict(measured.get((args.model, steps, budget), {}))
             for name, cache in candidates.items():
                 if name in rows:   # measured by an earlier run of the same file (--resume)
@@ -158,10 +166,11 @@ def report(cells: list) -> str:
     lines = ["| model | steps | budget | rule | LayerCache | MeanCache | TaylorSeer | margin | oracle LC |",
              "|---|---|---|---|---|---|---|---|---|"]
     totals = {rule: [] for rule in RULES}
-    for cell in cells:
+    methods = ("layercache", "meancache", "taylorseer")
+    for cell in (c for c in cells if {r["method"] for r in c["candidates"].values()} >= set(methods)):
         for rule, (calls, aggregate, z, defaults) in RULES.items():
             chosen = {}
-            for method in ("layercache", "meancache", "taylorseer"):
+            for method in methods:
                 mine = {n.split(" ", 1)[1]: c for n, c in cell["candidates"].items() if c["method"] == method}
                 if method == "layercache":
                     first_round = {option_name(o) for o in verified_options(cell["steps"], cell["budget"])}
@@ -180,6 +189,23 @@ def report(cells: list) -> str:
     return "\n".join(lines)
 
 
+def compare(cells: list, a: str, b: str) -> str:
+    """Candidate b against candidate a, per cell where both were measured: the mean paired per-image difference and
+    its standard error, of the check's figure on the calibration images (log squared error of the final latents,
+    both calls; negative: b better) and of PSNR on the evaluation images (positive: b better)."""
+    lines = [f"b = {b}, a = {a}", "| model | steps | budget | check b − a (± SE) | eval PSNR b − a dB (± SE) |",
+             "|---|---|---|---|---|"]
+    for cell in cells:
+        rows = cell["candidates"]
+        if a in rows and b in rows:
+            found = []
+            for d in (per_image(rows[b], (0, 1), "log") - per_image(rows[a], (0, 1), "log"),
+                      np.subtract(rows[b]["eval_psnr"], rows[a]["eval_psnr"])):
+                found.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f}")
+            lines.append(f"| {cell['model']} | {cell['steps']} | {cell['budget']:g} | {found[0]} | {found[1]} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
@@ -190,11 +216,14 @@ def main():
     parser.add_argument("--resume", action="store_true",
                         help="keep the cells and candidates already in --out; measure only what is missing")
     parser.add_argument("--report", nargs="+", help="score the rules on these files instead of measuring")
+    parser.add_argument("--only", nargs="+", help="measure only these candidates (names as in the study file)")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="with --report: B against A, paired")
     args = parser.parse_args()
     if args.resume and not (args.out and Path(args.out).is_file()):
         parser.error("--resume needs --out to name an existing study file")
     if args.report:
-        print(report([cell for path in args.report for cell in json.loads(Path(path).read_text())]))
+        cells = [cell for path in args.report for cell in json.loads(Path(path).read_text())]
+        print(compare(cells, *args.compare) if args.compare else report(cells))
         return
     args.steps = [int(s) for s in args.steps.split(",")]
     args.budgets = [float(b) for b in args.budgets.split(",")]
@@ -202,7 +231,7 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(cells))
-    print(report(cells))
+    print(compare(cells, *args.only) if args.only and len(args.only) == 2 else report(cells))
 
 
 if __name__ == "__main__":

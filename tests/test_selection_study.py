@@ -69,3 +69,15 @@ def test_the_peers_rule_also_defaults_to_taylorseers_pattern_with_the_taylor_pre
     names = {"allocation=steps,fixed=taylor+3,objective=regular,pattern=4+1": peer, "a": slightly}
     assert study.choose(names, (0, 1), "log", 2, "velocity") is slightly   # no velocity plan among them
     assert study.choose(names, (0, 1), "log", 2, "peers") is peer
+
+
+def test_compare_gives_the_paired_difference_and_its_standard_error(study):
+    a = {"method": "layercache", "calibration_mse": [[np.exp(-9.0)] * 2, [np.exp(-9.0)] * 2],
+         "eval_psnr": [40.0, 41.0, 42.0]}
+    b = {"method": "layercache", "calibration_mse": [[np.exp(-10.0), np.exp(-8.0)], [np.exp(-9.5), np.exp(-9.5)]],
+         "eval_psnr": [41.0, 41.0, 44.0]}
+    cells = [{"model": "tiny", "steps": 30, "budget": 0.35, "candidates": {"layercache A": a, "layercache B": b}},
+             {"model": "tiny", "steps": 50, "budget": 0.35, "candidates": {"layercache A": a}}]   # B missing: no row
+    lines = study.compare(cells, "layercache A", "layercache B").splitlines()
+    # check: differences -1, +1, -0.5, -0.5 -> mean -0.25, SE sqrt(0.75)/2; eval: +1, 0, +2 -> +1 ± 1/sqrt(3)
+    assert lines[3:] == [f"| tiny | 30 | 0.35 | -0.250 ± {np.sqrt(0.75) / 2:.3f} | +1.000 ± {1 / np.sqrt(3):.3f} |"]
