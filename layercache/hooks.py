@@ -232,7 +232,7 @@ class LayerCacheBlockHook(ModelHook):
             hidden, encoder = self._inputs(args, kwargs)
             cell = state.row[self.group]
             residuals = state.residuals[self.group]
-            state.computing = cell.compute or not residuals or residuals[-1][0].shape != hidden.shape
+            state.computing = _computes(state, self.group) or residuals[-1][0].shape != hidden.shape
             if not state.computing:
                 return self._reuse(state, cell, hidden, encoder)
             state.group_input = (hidden, encoder)
@@ -260,8 +260,7 @@ class LayerCacheBlockHook(ModelHook):
     def _encoder_read_later(self, state) -> bool:
         """Does a later group of this step compute (and so read the text stream)? After the last block every
         supported transformer drops the text stream, so where no later group computes its prediction is not made."""
-        return any(cell.compute or not state.residuals[j]
-                   for j, cell in enumerate(state.row[self.group + 1:], start=self.group + 1))
+        return any(_computes(state, j) for j in range(self.group + 1, len(state.row)))
 
     def _log_computed(self, state, output):
         g = self.group
@@ -281,6 +280,11 @@ class LayerCacheBlockHook(ModelHook):
         state.sigmas[g].append(state.sigma)
         state.steps[g].append(state.step)
         state.residuals[g].append((d_hidden, d_encoder))
+
+
+def _computes(state, group: int) -> bool:
+    """Does `group` run this step: its cell says so, or it has nothing logged to predict from."""
+    return state.row[group].compute or not state.residuals[group]
 
 
 def _relative_change(previous, current) -> torch.Tensor:
