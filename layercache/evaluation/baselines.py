@@ -51,8 +51,10 @@ from ..methods import METHODS as LIBRARY
 from ..methods import Cache, DiffusersCacheSetting, LayerCacheSetting, Method, Uncached
 from ..methods import prepare as prepare_cache
 from ..planner import (
+    RECHECK_FINALISTS,
     latent_error,
     plan_verified,
+    pooled_error,
     reference_latents,
     regular_patterns,
     regular_steps,
@@ -76,11 +78,13 @@ class BenchContext:
     tunes = True
 
     def __init__(self, pipe, num_steps: int, calibration_calls: list, calibrations: dict | None = None,
-                 log: Callable = lambda message: None, fbc_thresholds=None):
+                 log: Callable = lambda message: None, fbc_thresholds=None, recheck_calls=None):
         self.pipe, self.num_steps, self.calibration_calls = pipe, num_steps, calibration_calls
         # plans and peers' settings are checked end to end on all of them: on one call of ten images the choice
         # among settings within ~1 dB of each other did not carry over to the evaluation seeds
         self.tuning_calls = calibration_calls
+        # every tuned method's few best settings run again on these before it chooses (planner.RECHECK_FINALISTS)
+        self.recheck_calls = list(recheck_calls or [])
         self.fbc_thresholds = tuple(fbc_thresholds or FBC_THRESHOLDS)
         self._calibrations = dict(calibrations or {})
         self._cache: dict = {}
@@ -106,10 +110,15 @@ class BenchContext:
             self._cache[key] = make()
         return self._cache[key]
 
+    def references(self) -> tuple[list, list]:
+        """The uncached final latents on the tuning calls and on the recheck calls."""
+        return (self.memo("reference latents", lambda: reference_latents(self.pipe, self.tuning_calls, self.num_steps)),
+                self.memo("recheck latents", lambda: reference_latents(self.pipe, self.recheck_calls, self.num_steps)))
+
     def verified_plan(self, cal: Calibration, budget: float, **options) -> Schedule:
-        reference = self.memo("reference latents",
-                              lambda: reference_latents(self.pipe, self.tuning_calls, self.num_steps))
-        return plan_verified(self.pipe, cal, budget, self.tuning_calls, reference=reference, **options)
+        reference, recheck_reference = self.references()
+        return plan_verified(self.pipe, cal, budget, self.tuning_calls, reference=reference,
+                             recheck_calls=self.recheck_calls, recheck_reference=recheck_reference, **options)
 
     def tune(self, caches: list) -> Cache:
         return tune(self, caches)
@@ -180,19 +189,29 @@ def _fixed_interval(ctx, budget):
 
 def tune(ctx, points: list) -> Cache:
     """The operating point whose final latents on the calibration calls are closest to the uncached ones:
-    how every peer with a free setting is tuned, per (steps, budget) cell, never on evaluation inputs."""
-    reference = ctx.memo("reference latents", lambda: reference_latents(ctx.pipe, ctx.tuning_calls, ctx.num_steps))
-    best, best_error = None, np.inf
-    for point in points:
+    how every peer with a free setting is tuned, per (steps, budget) cell, never on evaluation inputs. With recheck
+    calls, the RECHECK_FINALISTS best points run on them too and the one of least error over all images is kept,
+    as `plan_verified` does for LayerCache."""
+    reference, recheck_reference = ctx.references()
+
+    def error_on(point, calls, on_reference) -> float:
         point.attach(ctx.pipe)
         try:
-            latents = reference_latents(ctx.pipe, ctx.tuning_calls, point.num_inference_steps or ctx.num_steps)
+            latents = reference_latents(ctx.pipe, calls, point.num_inference_steps or ctx.num_steps)
         finally:
             point.detach(ctx.pipe)
-        error = latent_error(latents, reference)
-        point.params["calibration_error"] = error
-        if error < best_error:
-            best, best_error = point, error
+        return latent_error(latents, on_reference)
+
+    for point in points:
+        point.params["calibration_error"] = error_on(point, ctx.tuning_calls, reference)
+    ranked = sorted(points, key=lambda p: p.params["calibration_error"])   # stable: ties keep the first
+    best = ranked[0]
+    if ctx.recheck_calls:
+        for point in ranked[:RECHECK_FINALISTS]:
+            point.params["rechecked_error"] = pooled_error(point.params["calibration_error"], reference,
+                                                           error_on(point, ctx.recheck_calls, recheck_reference),
+                                                           recheck_reference)
+        best = min(ranked[:RECHECK_FINALISTS], key=lambda p: p.params["rechecked_error"])
     best.params["tuned_over"] = len(points)
     return best
 

@@ -95,16 +95,16 @@ def _writable(path, flag):
 def validate(args) -> dict:
     """Checks every argument before any model work; returns the parsed settings. Raises ValueError."""
     from ..models.registry import get_entry
-    from ..models.tiny.sets import CALIBRATION_SEEDS
+    from ..models.tiny.sets import CALIBRATION_SEEDS, RECHECK_SEEDS
 
     entry = get_entry(args.model)
     if not entry.bundled:
         raise ValueError(f"bench runs the bundled models only (their evaluation set, classifier and calibrations "
                          f"are bundled); {args.model!r} is a hub model: use bench-gpu for it")
     methods, budgets, seeds = parse_methods(args.methods), parse_budgets(args.budgets), parse_seeds(args.seeds)
-    overlap = sorted(set(seeds) & set(CALIBRATION_SEEDS))
+    overlap = sorted(set(seeds) & {*CALIBRATION_SEEDS, *RECHECK_SEEDS})
     if overlap:
-        raise ValueError(f"seeds {overlap} are calibration seeds; evaluate on other seeds (e.g. 100-119)")
+        raise ValueError(f"seeds {overlap} are calibration or recheck seeds; evaluate on other seeds (e.g. 100-119)")
     steps = parse_steps(args.steps)
     if args.repeats < 0:
         raise ValueError(f"--repeats must be >= 0 (0 skips timing), got {args.repeats}")
@@ -308,7 +308,7 @@ def run(args) -> list[dict]:
     from tqdm import tqdm
 
     from ..models.registry import load_pipeline, shipped_calibration
-    from ..models.tiny.sets import calibration_calls
+    from ..models.tiny.sets import calibration_calls, recheck_calls
     from .baselines import BenchContext, prepare
     from .speed import machine
 
@@ -327,7 +327,7 @@ def run(args) -> list[dict]:
     for steps in settings["steps"]:
         shipped = {g: shipped_calibration(args.model, steps, g) for g in (1, 4)}
         ctx = BenchContext(pipe, steps, calibration_calls(), {g: p for g, p in shipped.items() if p.is_file()},
-                           log=log)
+                           log=log, recheck_calls=recheck_calls())
         points = []
         for method, budget in ((m, b) for m in settings["methods"] for b in settings["budgets"]):
             bar.set_postfix_str(f"prepare {method} {budget:g} at {steps} steps")
