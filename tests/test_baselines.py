@@ -163,6 +163,29 @@ def test_taylorseer_caches_every_block_of_a_flux_model():
     assert cached.macs / counter.macs == pytest.approx(point.planned_fraction, abs=1e-9)
 
 
+def test_tuning_rechecks_its_best_points_and_keeps_the_best_over_every_image(tiny_pipe, monkeypatch):
+    """A peer tuned with recheck calls (TaylorSeer: six points) runs its RECHECK_FINALISTS best on them too and keeps
+    the one of least error over the images of both sets, as LayerCache's plan_verified does."""
+    from layercache.evaluation import baselines
+    from layercache.planner import RECHECK_FINALISTS, latent_error, reference_latents
+
+    calls, recheck = [{"label": [0, 3, 7], "seed": 1}], [{"label": [2, 5], "seed": 3}]
+    tuned, real_tune = [], baselines.tune
+    monkeypatch.setattr(baselines, "tune", lambda ctx, points: tuned.extend(points) or real_tune(ctx, points))
+    chosen = prepare("taylorseer", BenchContext(tiny_pipe, 10, calls, recheck_calls=recheck), 0.5)
+    assert len(tuned) == 6 > RECHECK_FINALISTS
+    ranked = sorted(tuned, key=lambda p: p.params["calibration_error"])
+    assert [p for p in tuned if "rechecked_error" in p.params] == [p for p in tuned if p in ranked[:RECHECK_FINALISTS]]
+    assert chosen is min(ranked[:RECHECK_FINALISTS], key=lambda p: p.params["rechecked_error"])
+    reference = reference_latents(tiny_pipe, calls + recheck, 10)
+    chosen.attach(tiny_pipe)
+    try:
+        latents = reference_latents(tiny_pipe, calls + recheck, 10)
+    finally:
+        chosen.detach(tiny_pipe)
+    assert latent_error(latents, reference) == pytest.approx(chosen.params["rechecked_error"])
+
+
 def test_unknown_method_and_bad_budget(ctx):
     with pytest.raises(ValueError, match="unknown method"):
         prepare("teacache", ctx, 0.5)
