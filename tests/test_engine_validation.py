@@ -367,15 +367,23 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
 def test_recheck_keeps_the_finalist_of_least_error_over_every_image(tiny_pipe):
     """With recheck calls, plan_verified runs its RECHECK_FINALISTS best plans on them too and keeps the one whose
     error over the images of both sets (weighted by image, here 2 and 3 per set) is least."""
-    from layercache.planner import RECHECK_FINALISTS, latent_error, plan_verified, reference_latents
+    from layercache.planner import (
+        RECHECK_FINALISTS,
+        VERIFIED_OPTIONS,
+        latent_error,
+        plan_verified,
+        reference_latents,
+    )
 
     steps, calls, recheck = 8, [{"label": [1, 7], "seed": 5}], [{"label": [2, 9, 4], "seed": 6}]
     cal = lc.calibrate(tiny_pipe, calls, steps, num_groups=4)
     reference, recheck_reference = reference_latents(tiny_pipe, calls, steps), reference_latents(tiny_pipe, recheck,
                                                                                                    steps)
-    chosen = plan_verified(tiny_pipe, cal, 0.4, calls, reference=reference, recheck_calls=recheck)
+    chosen = plan_verified(tiny_pipe, cal, 0.4, calls, reference=reference, recheck_calls=recheck,
+                           candidates=VERIFIED_OPTIONS, refine=0)   # ten candidates: enough to leave some out
     verified = chosen.meta["verified"]
     tried, rechecked = verified["calibration_error"], verified["rechecked_error"]
+    assert len(set(tried.values())) > RECHECK_FINALISTS
     assert sorted(tried[name] for name in rechecked) == sorted(set(tried.values()))[:RECHECK_FINALISTS]
     assert verified["chosen"] == min(rechecked, key=rechecked.get)
     lc.enable(tiny_pipe, chosen, telemetry=False)
