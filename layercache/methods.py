@@ -66,8 +66,11 @@ class LayerCacheSetting(Cache):
     def __init__(self, schedule, method: str = "layercache", budget=None, params=None):
         chosen = sorted({c.encode() for row in schedule.cells for c in row if not c.compute})
         found = {"reuse_cells": chosen}
-        if "verified" in schedule.meta:   # which candidate plan won on the calibration call
-            found["verified"] = schedule.meta["verified"]["chosen"]
+        if "verified" in schedule.meta:   # which candidate plan won on the calibration calls
+            verified = schedule.meta["verified"]
+            found["verified"] = verified["chosen"]
+            if "rechecked_error" in verified:   # the finalists' errors over every image, recheck included
+                found["rechecked"] = {name: round(error, 4) for name, error in verified["rechecked_error"].items()}
         super().__init__(method, budget, schedule.num_steps, schedule.compute_fraction, {**found, **(params or {})})
         self.schedule = schedule
 
