@@ -34,6 +34,7 @@ BAD = {
     "reversed range": (_with("--seeds", "119-100"), "empty"),
     "bad seeds": (_with("--seeds", "1OO"), "range like"),
     "calibration seeds": (_with("--seeds", "0-5"), "calibration seeds"),
+    "recheck seeds": (_with("--seeds", "4,100"), "seeds [4] are calibration seeds"),
     "steps": (_with("--steps", "1"), "--steps"),
     "steps list": (_with("--steps", "10,x"), "--steps"),
 }

@@ -104,7 +104,8 @@ def validate(args) -> dict:
     methods, budgets, seeds = parse_methods(args.methods), parse_budgets(args.budgets), parse_seeds(args.seeds)
     overlap = sorted(set(seeds) & {*CALIBRATION_SEEDS, *RECHECK_SEEDS})
     if overlap:
-        raise ValueError(f"seeds {overlap} are calibration or recheck seeds; evaluate on other seeds (e.g. 100-119)")
+        raise ValueError(f"seeds {overlap} are calibration seeds (calibration {list(CALIBRATION_SEEDS)}, recheck "
+                         f"{list(RECHECK_SEEDS)}); evaluate on other seeds (e.g. 100-119)")
     steps = parse_steps(args.steps)
     if args.repeats < 0:
         raise ValueError(f"--repeats must be >= 0 (0 skips timing), got {args.repeats}")
