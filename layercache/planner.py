@@ -424,11 +424,12 @@ def reference_latents(pipe, calls: list, num_inference_steps: int) -> list:
 RECHECK_FINALISTS = 4
 
 
-def pooled_error(error: float, reference: list, recheck_error: float, recheck_reference: list) -> float:
-    """`latent_error` over the calls of both `reference` and `recheck_reference` at once, from each one's own (a
-    mean over its images): the images' weighted mean."""
+def recheck(ranked: list, error, recheck_error, reference: list, recheck_reference: list) -> dict:
+    """The RECHECK_FINALISTS first of `ranked` (best first) with their `latent_error` over the images of both
+    `reference` and `recheck_reference` at once: the images' weighted mean of `error(c)` (on the first calls) and
+    `recheck_error(c)` (run on the recheck calls). `plan_verified` and the benchmark's tuning choose with it."""
     n, m = sum(len(r) for r in reference), sum(len(r) for r in recheck_reference)
-    return (n * error + m * recheck_error) / (n + m)
+    return {c: (n * error(c) + m * recheck_error(c)) / (n + m) for c in ranked[:RECHECK_FINALISTS]}
 
 
 # Whole steps chosen on the residuals (squared and absolute errors), on the outputs, evenly spread and in a regular
@@ -539,11 +540,14 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     if recheck_calls:
         if recheck_reference is None:
             recheck_reference = reference_latents(pipe, recheck_calls, steps)
-        for index, name in enumerate(sorted(plans, key=tried.get)[:finalists]):
+        def recheck_error(name: str) -> float:
             if progress is not None:
-                progress(total - finalists + index, total)
-            error = latent_error(run(plans[name][1], recheck_calls), recheck_reference)
-            rechecked[name] = pooled_error(tried[name], reference, error, recheck_reference)
+                progress(total - finalists + len(ran), total)
+            ran.append(name)
+            return latent_error(run(plans[name][1], recheck_calls), recheck_reference)
+
+        ran = []
+        rechecked = recheck(sorted(plans, key=tried.get), tried.get, recheck_error, reference, recheck_reference)
         chosen = min(rechecked, key=rechecked.get)
     best = plans[chosen][1]
     best.meta["verified"] = {"calibration_error": tried, "calls": len(calls), "chosen": chosen}

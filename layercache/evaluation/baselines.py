@@ -51,10 +51,9 @@ from ..methods import METHODS as LIBRARY
 from ..methods import Cache, DiffusersCacheSetting, LayerCacheSetting, Method, Uncached
 from ..methods import prepare as prepare_cache
 from ..planner import (
-    RECHECK_FINALISTS,
     latent_error,
     plan_verified,
-    pooled_error,
+    recheck,
     reference_latents,
     regular_patterns,
     regular_steps,
@@ -207,11 +206,11 @@ def tune(ctx, points: list) -> Cache:
     ranked = sorted(points, key=lambda p: p.params["calibration_error"])   # stable: ties keep the first
     best = ranked[0]
     if ctx.recheck_calls:
-        for point in ranked[:RECHECK_FINALISTS]:
-            point.params["rechecked_error"] = pooled_error(point.params["calibration_error"], reference,
-                                                           error_on(point, ctx.recheck_calls, recheck_reference),
-                                                           recheck_reference)
-        best = min(ranked[:RECHECK_FINALISTS], key=lambda p: p.params["rechecked_error"])
+        rechecked = recheck(ranked, lambda p: p.params["calibration_error"],
+                            lambda p: error_on(p, ctx.recheck_calls, recheck_reference), reference, recheck_reference)
+        for point, error in rechecked.items():
+            point.params["rechecked_error"] = error
+        best = min(rechecked, key=rechecked.get)
     best.params["tuned_over"] = len(points)
     return best
 
