@@ -5,7 +5,8 @@ Shaped like diffusers' `hooks/first_block_cache.py`: a config dataclass, a state
 one `apply_layer_cache` function. The model hook works out the step from the transformer's timestep
 (no supported pipeline passes it); the first block of a group either runs it or returns its inputs plus
 the predicted residual; the other blocks of a reused group pass their inputs through. A group's log holds its
-last K *computed* residuals (its anchors), never predicted ones (docs/design.md, "Predictors"). On a schedule's
+last K *computed* residuals (its anchors), never predicted ones (docs/design.md, "Predictors"); under a schedule's
+`reuse="outputs"` it holds the group's outputs, and a reused group returns its predicted output. On a schedule's
 velocity steps the model hook calls nothing and predicts the transformer's output from its log of outputs, as
 MeanCache does (docs/design.md, "Velocity steps").
 """
@@ -59,7 +60,8 @@ class LayerCacheState(BaseState):
         self.started = 0.0
         self.sigmas = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
         self.steps = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
-        self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
+        self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]   # or outputs (`reuse`)
+        self.last_residual = [None] * self.num_groups   # for telemetry's velocity change, whatever the log holds
         self.output_sigmas = deque(maxlen=self.log_length)   # the transformer's outputs, for velocity steps
         self.output_steps = deque(maxlen=self.log_length)
         self.outputs = deque(maxlen=self.log_length)
@@ -246,6 +248,11 @@ class LayerCacheBlockHook(ModelHook):
 
     def _reuse(self, state, cell, hidden, encoder):
         g = self.group
+        outputs = self.config.schedule.reuse == "outputs"
+        if outputs and g + 1 < len(state.row) and not _computes(state, g + 1):
+            # the next group is reused too and predicts its own output: nothing reads this one's
+            state.reused = (hidden, encoder)
+            return self._as_output(*state.reused)
         history = list(state.residuals[g])
         where = (list(state.sigmas[g]), state.sigma, state.sigma_next, cell.k, list(state.steps[g]), state.step)
         d_hidden = predict(cell.predictor, [r[0] for r in history], *where)
@@ -254,7 +261,10 @@ class LayerCacheBlockHook(ModelHook):
             d_encoder = predict(cell.predictor, [r[1] for r in history], *where)
         # predictions are not logged: predictors fit computed residuals only, so an error made here is never
         # extrapolated again (and the planner's error model, which scores anchors, stays exact)
-        state.reused = (hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
+        if outputs:
+            state.reused = (d_hidden, encoder if d_encoder is None else d_encoder)
+        else:
+            state.reused = (hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
         return self._as_output(*state.reused)
 
     def _encoder_read_later(self, state) -> bool:
@@ -273,13 +283,18 @@ class LayerCacheBlockHook(ModelHook):
         if self.telemetry.enabled:
             record = self.telemetry.group(g)
             record.time_s += time.perf_counter() - state.started
-            if state.residuals[g]:
-                record.add_change(_relative_change(state.residuals[g][-1], (d_hidden, d_encoder)))
+            if state.last_residual[g] is not None:
+                record.add_change(_relative_change(state.last_residual[g], (d_hidden, d_encoder)))
         if self.config.recorder is not None:
             self.config.recorder(self.state_manager.context.name, state.step, g, d_hidden, d_encoder)
+        if self.telemetry.enabled:
+            state.last_residual[g] = (d_hidden, d_encoder)
         state.sigmas[g].append(state.sigma)
         state.steps[g].append(state.step)
-        state.residuals[g].append((d_hidden, d_encoder))
+        if self.config.schedule.reuse == "outputs":
+            state.residuals[g].append((hidden_out, encoder_out))
+        else:
+            state.residuals[g].append((d_hidden, d_encoder))
 
 
 def _computes(state, group: int) -> bool:

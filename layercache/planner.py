@@ -24,7 +24,7 @@ import numpy as np
 
 from .calibrate import Calibration, call_kwargs, prediction_weights
 from .predictors import MIN_K, PREDICTORS
-from .schedule import MAX_K, Cell, Schedule
+from .schedule import MAX_K, REUSE, Cell, Schedule
 
 ALLOCATIONS = ("steps", "groups")
 OBJECTIVES = ("residuals", "outputs", "uniform", "regular")
@@ -244,7 +244,8 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
 
 def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
          predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals",
-         fixed: tuple | None = None, velocity: bool = False, pattern: tuple | None = None) -> Schedule:
+         fixed: tuple | None = None, velocity: bool = False, pattern: tuple | None = None,
+         reuse: str = "residuals") -> Schedule:
     """The plan of least predicted error that executes at most `budget` of the block compute.
 
     Args:
@@ -266,6 +267,9 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
             within max_k and predictors, calibrated or not: a plan's predictors need the calibration's Gram only.
         velocity: whole-step plans only: make every reused step a velocity step (the transformer not called, its
             output predicted with MeanCache's estimator, K up to max_k chosen per gap on the calibrated outputs).
+        reuse: what a reused group predicts (`Schedule.reuse`): its residual ("residuals"), or its output
+            ("outputs", TaylorSeer's form). The error model scores residuals: the steps and predictors are chosen
+            as for "residuals", and only an end-to-end check (`plan_verified`) tells which is better.
 
     Example:
         >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
@@ -284,6 +288,8 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if allocation == "groups" and objective != "residuals":
         raise ValueError("per-group plans are chosen on the residuals; use objective='residuals'")
+    if reuse not in REUSE:
+        raise ValueError(f"reuse must be one of {REUSE}, got {reuse!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
         raise ValueError(f"gamma must be a positive number, got {gamma!r}")
     if pattern is not None:
@@ -316,8 +322,9 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         compute, error = _groups_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
-            "velocity": velocity, "pattern": None if pattern is None else list(pattern), "predicted_error": error}
-    schedule = schedule_from_mask(cal, compute, meta, pairs)
+            "velocity": velocity, "pattern": None if pattern is None else list(pattern), "reuse": reuse,
+            "predicted_error": error}
+    schedule = replace(schedule_from_mask(cal, compute, meta, pairs), reuse=reuse)
     if velocity:
         schedule = _velocity_steps(schedule, compute[:, 0], output_predictors, outputs[1])
     schedule.meta["compute_fraction"] = schedule.compute_fraction
@@ -453,15 +460,18 @@ PEER_ORDERS = (("taylor", 2), ("taylor", 3))   # TaylorSeer's orders 1 and 2, th
 
 def verified_options(num_steps: int, budget: float) -> list[dict]:
     """What `plan_verified` checks by default: VERIFIED_OPTIONS, then the regular patterns TaylorSeer's tuning tries
-    at this budget (`regular_patterns`), each with LayerCache's predictors and with TaylorSeer's expansion of each
-    order it tries (`PEER_ORDERS`) throughout. The teacher-forced error model ranks regular patterns poorly (at 50
+    at this budget (`regular_patterns`), each with LayerCache's predictors, and with TaylorSeer's expansion of each
+    order it tries (`PEER_ORDERS`) throughout, on the groups' residuals and on their outputs (`reuse="outputs"`:
+    TaylorSeer itself, to float rounding). The teacher-forced error model ranks regular patterns poorly (at 50
     steps and 4x it prefers a warm-up of 4 and an interval of 5; end to end a warm-up of 1 and an interval of 4 is
-    better), so the check runs the peer's own candidates: with MeanCache's steps already among the options,
-    LayerCache never chooses among fewer plans than a peer it is compared with."""
+    better), so the check runs the peer's own candidates: with MeanCache's steps as velocity steps (MeanCache itself)
+    and TaylorSeer's plans among the options, LayerCache never chooses among fewer plans than a peer it is compared
+    with, nor among other plans than the peer's own."""
     patterns = regular_patterns(num_steps, budget)
     regular = {"allocation": "steps", "objective": "regular"}
     return [*VERIFIED_OPTIONS, *({**regular, "pattern": p} for p in patterns),
-            *({**regular, "pattern": p, "fixed": f} for p in patterns for f in PEER_ORDERS)]
+            *({**regular, "pattern": p, "fixed": f, **r} for p in patterns for f in PEER_ORDERS
+              for r in ({}, {"reuse": "outputs"}))]
 
 
 def option_name(option: dict) -> str:
@@ -520,7 +530,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         except OutOfReach:
             return
         name = option_name(option)
-        cells = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps))
+        cells = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps, schedule.reuse))
         if cells in seen:   # the same plan as an earlier option: same end-to-end error
             tried[name] = tried[seen[cells]]
             return

@@ -4,6 +4,10 @@ A step whose groups are all reused can also be a *velocity step*: the transforme
 output (the velocity) is predicted from the log of its outputs with the row's predictor and K, as MeanCache
 does (docs/design.md, "Velocity steps"). It skips the embeddings and the final layer too.
 
+`reuse` says what a reused group predicts: its residual, added to the input it gets on that step ("residuals", the
+default: the fresh embedding flows through), or its output, the input ignored ("outputs": TaylorSeer's form, which
+predicts every block's output; on a fully reused step it is one prediction of the stack's output).
+
 Schedules are JSON files with a format version; loading validates everything and says what is wrong.
 The greedy allocator that builds them from a calibration lives in `planner.py`.
 """
@@ -15,7 +19,8 @@ from pathlib import Path
 from .predictors import PREDICTORS
 
 FORMAT = "layercache.schedule"
-VERSION = 2   # 2: velocity steps (version-1 files, which have none, still load)
+VERSION = 3   # 2: velocity steps; 3: reuse (older files, which have neither, still load)
+REUSE = ("residuals", "outputs")
 MAX_K = 16
 MAX_FILE_BYTES = 2_000_000
 
@@ -51,8 +56,11 @@ class Schedule:
     cells: list           # [step][group] -> Cell
     meta: dict = field(default_factory=dict)
     velocity_steps: list = field(default_factory=list)   # fully reused steps predicted at the transformer's output
+    reuse: str = "residuals"   # what a reused group predicts: its residual or its output (REUSE)
 
     def __post_init__(self):
+        if self.reuse not in REUSE:
+            raise ValueError(f"schedule reuse must be one of {REUSE}, got {self.reuse!r}")
         self.velocity_steps = sorted(set(self.velocity_steps))
         for step in self.velocity_steps:
             if not isinstance(step, int) or not 1 <= step < len(self.cells) \
@@ -90,13 +98,13 @@ class Schedule:
         return {"format": FORMAT, "version": VERSION, "model_id": self.model_id, "num_steps": self.num_steps,
                 "sigmas": self.sigmas, "num_blocks": self.num_blocks, "group_starts": self.group_starts,
                 "group_costs": self.group_costs, "cells": [[c.encode() for c in row] for row in self.cells],
-                "velocity_steps": self.velocity_steps, "meta": self.meta}
+                "velocity_steps": self.velocity_steps, "reuse": self.reuse, "meta": self.meta}
 
     @classmethod
     def from_json(cls, data: dict) -> "Schedule":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a LayerCache schedule: expected \"format\": \"{FORMAT}\"")
-        if data.get("version") not in (1, VERSION):
+        if data.get("version") not in (1, 2, VERSION):
             raise ValueError(f"schedule format version {data.get('version')!r} is not supported (expected 1 to "
                              f"{VERSION})")
         missing = [k for k in ("model_id", "num_steps", "sigmas", "num_blocks", "group_starts", "group_costs",
@@ -126,7 +134,7 @@ class Schedule:
         if not isinstance(velocity, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in velocity):
             raise ValueError("schedule velocity_steps must be a list of step numbers")
         return cls(data["model_id"], [float(s) for s in sigmas], list(starts), blocks, [float(c) for c in costs],
-                   cells, dict(data.get("meta", {})), velocity)
+                   cells, dict(data.get("meta", {})), velocity, data.get("reuse", "residuals"))
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))

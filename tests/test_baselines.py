@@ -116,6 +116,46 @@ def test_velocity_steps_with_meancaches_estimator_are_meancache_exactly(tiny_pip
         plan(cal, 0.5, allocation="groups", velocity=True)
 
 
+@pytest.mark.parametrize("key", ["tiny", "tiny-flux"])
+@pytest.mark.parametrize("order", [1, 2])
+def test_reusing_outputs_with_taylor_on_its_pattern_is_diffusers_taylorseer(tiny_pipe, key, order):
+    """A plan on TaylorSeer's pattern with its expansion on the groups' outputs (`reuse="outputs"`) gives diffusers'
+    TaylorSeer's latents to float rounding, at its compute; on the residuals (the fresh embedding added) it does not."""
+    from diffusers import TaylorSeerCacheConfig
+
+    from layercache.calibrate import Calibration
+    from layercache.hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+    from layercache.models.registry import load_pipeline, shipped_calibration
+    from layercache.planner import plan
+
+    pipe, steps, (interval, warmup) = tiny_pipe if key == "tiny" else load_pipeline(key), 10, (3, 1)
+    pipe.set_progress_bar_config(disable=True)
+    cal, call = Calibration.load(shipped_calibration(key, steps, 4)), eval_call([100, 101])
+    config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, max_order=order,
+                                   taylor_factors_dtype=torch.float32,
+                                   cache_identifiers=[r"transformer_blocks\.\d+", r"single_transformer_blocks\.\d+"])
+    pipe.transformer.enable_cache(config)
+    try:
+        with BlockCounter(pipe.transformer) as peer:
+            expected = pipe(**call, num_inference_steps=steps, output_type="latent").images
+    finally:
+        pipe.transformer.disable_cache()
+    budget = taylorseer_computed_steps(interval, warmup, steps) / steps
+    got = {}
+    for reuse in ("outputs", "residuals"):
+        schedule = plan(cal, budget, objective="regular", pattern=(interval, warmup), fixed=("taylor", order + 1),
+                        reuse=reuse)
+        apply_layer_cache(pipe.transformer, LayerCacheConfig(schedule, telemetry=False))
+        try:
+            with BlockCounter(pipe.transformer) as mine:
+                got[reuse] = pipe(**call, num_inference_steps=steps, output_type="latent").images
+        finally:
+            remove_layer_cache(pipe.transformer)
+        assert mine.macs == peer.macs
+    assert (got["outputs"] - expected).abs().max() < 1e-4
+    assert (got["residuals"] - expected).abs().max() > 1e-3
+
+
 def test_replays_of_diffusers_rules():
     assert taylorseer_computed_steps(1, 3, 10) == 10
     assert taylorseer_computed_steps(2, 3, 10) == 3 + 3          # steps 4, 6, 8 after the warm-up

@@ -274,10 +274,17 @@ def test_schedule_json_roundtrip_and_corrupt_files(cal, tmp_path):
                                                                                    "mean:1"]
                                                           for i, row in enumerate(velocity.to_json()["cells"])]),
         "list of step numbers": dict(data, velocity_steps="3"),
+        "reuse must be one of": dict(data, reuse="output"),
     }.items():
         with pytest.raises(ValueError, match=message):
             lc.Schedule.from_json(bad)
     assert lc.Schedule.from_json({**data, "version": 1}).velocity_steps == []   # version-1 files still load
+    older = {k: v for k, v in data.items() if k != "reuse"}
+    assert lc.Schedule.from_json({**older, "version": 2}).reuse == "residuals"   # as do version-2 files
+    outputs = plan(cal, 0.5, reuse="outputs")   # version 3: what a reused group predicts
+    assert outputs.reuse == "outputs" and lc.Schedule.from_json(outputs.to_json()).to_json() == outputs.to_json()
+    with pytest.raises(ValueError, match="reuse must be one of"):
+        plan(cal, 0.5, reuse="output")
     path.write_bytes(b"\x00" * 3_000_000)
     with pytest.raises(ValueError, match="larger than"):
         lc.Schedule.load(path)
@@ -470,6 +477,59 @@ def test_hooks_hand_each_predictor_its_groups_computed_steps(tiny_pipe, cal, mon
         assert steps in expected
         assert sigmas == pytest.approx([schedule.sigmas[a] for a in steps], rel=1e-5)
         assert sigma_now == pytest.approx(schedule.sigmas[step_now], rel=1e-5)
+
+
+@pytest.mark.parametrize("reuse", ["outputs", "residuals"])
+def test_a_reused_group_hands_on_its_predicted_output_or_its_input_plus_residual(tiny_pipe, cal, reuse):
+    """One group reused by plain reuse (slope:1) at one step, every other cell computed: the next group's input is
+    the reused group's output at the step before (`reuse="outputs"`), or its input now plus its residual then."""
+    from dataclasses import replace
+
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    from layercache.groups import find_blocks
+    from layercache.schedule import Cell
+
+    step, group = 4, 1
+    full = lc.Schedule.all_compute(cal.model_id, cal.sigmas, partition(tiny_pipe.transformer, 4))
+    cells = [list(row) for row in full.cells]
+    cells[step][group] = Cell(False, "slope", 1)
+    schedule = replace(full, cells=cells, reuse=reuse)
+    blocks = [block for _, block in find_blocks(tiny_pipe.transformer)]
+    head, tail, following = (blocks[cal.group_starts[group]], blocks[cal.group_starts[group + 1] - 1],
+                             blocks[cal.group_starts[group + 1]])
+    seen = {"in": [], "out": [], "next": []}
+
+    index = TransformerBlockRegistry.get(type(tail)).return_hidden_states_index
+
+    def record(name):
+        def hook(module, args, kwargs, *output):
+            seen[name].append(output[0][index] if output else kwargs.get("hidden_states", args[0] if args else None))
+        return hook
+
+    handles = [head.register_forward_pre_hook(record("in"), with_kwargs=True),
+               tail.register_forward_hook(record("out"), with_kwargs=True),
+               following.register_forward_pre_hook(record("next"), with_kwargs=True)]
+    try:
+        run(tiny_pipe)
+        uncached = {name: list(values) for name, values in seen.items()}
+        for values in seen.values():
+            values.clear()
+        lc.enable(tiny_pipe, schedule)
+        try:
+            run(tiny_pipe)
+        finally:
+            lc.disable(tiny_pipe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    calls = len(uncached["out"]) // STEPS   # the transformer's calls per step (cond and uncond: two)
+    assert calls * STEPS == len(uncached["out"]) == len(seen["next"])
+    for now, then in zip(range(step * calls, (step + 1) * calls), range((step - 1) * calls, step * calls)):
+        before = uncached["out"][then]   # steps before `step` ran uncached: the same tensors in both runs
+        expected = before if reuse == "outputs" else seen["in"][now] + (before - uncached["in"][then])
+        assert torch.allclose(seen["next"][now], expected, atol=1e-6)
+        assert not torch.allclose(seen["next"][now], uncached["next"][now], atol=1e-4)   # it was reused
 
 
 def test_regular_plans_follow_a_warm_up_then_an_interval(cal):
