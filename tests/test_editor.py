@@ -52,7 +52,10 @@ def test_the_map_shows_groups_as_rows_and_steps_as_columns():
     frame = editor.table(schedule_json()).data
     assert list(frame.columns) == ["group", *map(str, range(6))]
     assert frame.iloc[0, 0].startswith("0 (blocks 0–1)") and frame.iloc[1, 3] == "K2" and frame.iloc[1, 1] == "run"
-    assert "runs **83%**" in editor.summary(schedule_json())
+    assert "runs **83%**" in editor.summary(schedule_json()) and "outputs" not in editor.summary(schedule_json())
+    outputs = dict(schedule_json(), reuse="outputs")
+    assert "predict their outputs" in editor.summary(outputs)
+    assert Schedule.from_json(editor.toggle(outputs, 3, 1, False, "slope", 2)).reuse == "outputs"   # an edit keeps it
     assert all(cell == "run" for cell in editor.table(editor.compute_all(schedule_json())).data.iloc[:, 1:].values.flat)
 
 

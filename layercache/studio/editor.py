@@ -46,7 +46,9 @@ def summary(schedule_json: dict | None) -> str:
     return (f"This schedule runs **{fraction:.0%}** of the block compute (ideal speed-up **{1 / fraction:.2f}×**); "
             f"{reused} of {schedule.num_steps * schedule.num_groups} cells reused"
             + (f"; {len(schedule.velocity_steps)} velocity steps (v: the transformer skipped, its output predicted)"
-               if schedule.velocity_steps else "") + ". Made by: "
+               if schedule.velocity_steps else "")
+            + ("; reused groups predict their outputs (TaylorSeer's form), not their residuals"
+               if schedule.reuse == "outputs" else "") + ". Made by: "
             f"{schedule.meta.get('method', 'unknown')}.")
 
 
