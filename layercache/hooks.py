@@ -61,7 +61,7 @@ class LayerCacheState(BaseState):
         self.sigmas = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
         self.steps = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]
         self.residuals = [deque(maxlen=self.log_length) for _ in range(self.num_groups)]   # or outputs (`reuse`)
-        self.last_residual = [None] * self.num_groups   # for telemetry's velocity change, whatever the log holds
+        self.last_residual = [None] * self.num_groups   # telemetry's velocity change where the log holds outputs
         self.output_sigmas = deque(maxlen=self.log_length)   # the transformer's outputs, for velocity steps
         self.output_steps = deque(maxlen=self.log_length)
         self.outputs = deque(maxlen=self.log_length)
@@ -280,21 +280,20 @@ class LayerCacheBlockHook(ModelHook):
         encoder_out = output[self._metadata.return_encoder_hidden_states_index]
         d_hidden = hidden_out - hidden_in
         d_encoder = None if encoder_out is None or encoder_in is None else encoder_out - encoder_in
+        outputs = self.config.schedule.reuse == "outputs"
         if self.telemetry.enabled:
             record = self.telemetry.group(g)
             record.time_s += time.perf_counter() - state.started
-            if state.last_residual[g] is not None:
-                record.add_change(_relative_change(state.last_residual[g], (d_hidden, d_encoder)))
+            previous = state.last_residual[g] if outputs else (state.residuals[g] or [None])[-1]
+            if previous is not None:
+                record.add_change(_relative_change(previous, (d_hidden, d_encoder)))
+            if outputs:   # the log holds outputs: keep the residual for the next change (one more per group)
+                state.last_residual[g] = (d_hidden, d_encoder)
         if self.config.recorder is not None:
             self.config.recorder(self.state_manager.context.name, state.step, g, d_hidden, d_encoder)
-        if self.telemetry.enabled:
-            state.last_residual[g] = (d_hidden, d_encoder)
         state.sigmas[g].append(state.sigma)
         state.steps[g].append(state.step)
-        if self.config.schedule.reuse == "outputs":
-            state.residuals[g].append((hidden_out, encoder_out))
-        else:
-            state.residuals[g].append((d_hidden, d_encoder))
+        state.residuals[g].append((hidden_out, encoder_out) if outputs else (d_hidden, d_encoder))
 
 
 def _computes(state, group: int) -> bool:

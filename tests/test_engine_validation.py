@@ -532,6 +532,29 @@ def test_a_reused_group_hands_on_its_predicted_output_or_its_input_plus_residual
         assert not torch.allclose(seen["next"][now], uncached["next"][now], atol=1e-4)   # it was reused
 
 
+def test_reusing_outputs_with_every_cell_computed_is_the_uncached_model_and_the_same_telemetry(tiny_pipe, cal):
+    """`reuse="outputs"` changes what the logs hold, not what a computed step gives or what telemetry shows: with
+    every cell computed the images are the uncached ones bit for bit and the velocity change is residual mode's."""
+    from dataclasses import replace
+
+    from layercache.hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+
+    reference = run(tiny_pipe)
+    full = lc.Schedule.all_compute(cal.model_id, cal.sigmas, partition(tiny_pipe.transformer, 4))
+    events = {}
+    for reuse in ("residuals", "outputs"):
+        telemetry = apply_layer_cache(tiny_pipe.transformer, LayerCacheConfig(replace(full, reuse=reuse)))
+        try:
+            assert torch.equal(run(tiny_pipe), reference)
+        finally:
+            remove_layer_cache(tiny_pipe.transformer)
+        events[reuse] = telemetry.events()
+    assert untouched(tiny_pipe)
+    changes = [[g["velocity_change"] for g in e["groups"]] for e in events["outputs"]]
+    assert changes == [[g["velocity_change"] for g in e["groups"]] for e in events["residuals"]]
+    assert all(c is not None for row in changes[1:] for c in row)
+
+
 def test_regular_plans_follow_a_warm_up_then_an_interval(cal):
     from layercache.planner import regular_steps, steps_for
 

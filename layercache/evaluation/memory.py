@@ -112,7 +112,9 @@ def image_tokens(resolution: int) -> int:
 
 def cache_bound(contexts: int, groups: int, k: int, batch: int, tokens: int, width: int, dtype_bytes: int) -> int:
     """Bytes LayerCache's hooks hold at most: per cache context and group, K residuals (a group's log keeps its last
-    K computed ones, K the schedule's largest), each (batch, tokens, width) over both streams (image + text tokens)."""
+    K computed ones, K the schedule's largest), each (batch, tokens, width) over both streams (image + text tokens).
+    A schedule reusing outputs (`Schedule.reuse`) with telemetry on holds one residual more per group (the
+    velocity-change map's last residual): count it as K + 1."""
     return contexts * groups * k * batch * tokens * width * dtype_bytes
 
 
@@ -123,9 +125,8 @@ def measured_cache_bytes(transformer) -> int:
     hook = model_hook(transformer)
     total = 0
     for state in hook.steps.states():
-        for log in state.residuals:
-            for entry in log:
-                total += sum(t.numel() * t.element_size() for t in entry if t is not None)
+        for entry in [*(e for log in state.residuals for e in log), *filter(None, state.last_residual)]:
+            total += sum(t.numel() * t.element_size() for t in entry if t is not None)
     return total
 
 
