@@ -468,10 +468,14 @@ def verified_options(num_steps: int, budget: float) -> list[dict]:
     and TaylorSeer's plans among the options, LayerCache never chooses among fewer plans than a peer it is compared
     with, nor among other plans than the peer's own."""
     patterns = regular_patterns(num_steps, budget)
-    regular = {"allocation": "steps", "objective": "regular"}
-    return [*VERIFIED_OPTIONS, *({**regular, "pattern": p} for p in patterns),
-            *({**regular, "pattern": p, "fixed": f, **r} for p in patterns for f in PEER_ORDERS
-              for r in ({}, {"reuse": "outputs"}))]
+    return [*VERIFIED_OPTIONS, *(option for p in patterns for option in pattern_options(p))]
+
+
+def pattern_options(pattern: tuple) -> list[dict]:
+    """`verified_options`' plans on one regular pattern: LayerCache's predictors, then each of TaylorSeer's orders
+    throughout on the residuals and on the outputs."""
+    regular = {"allocation": "steps", "objective": "regular", "pattern": pattern}
+    return [regular, *({**regular, "fixed": f, **r} for f in PEER_ORDERS for r in ({}, {"reuse": "outputs"}))]
 
 
 def option_name(option: dict) -> str:

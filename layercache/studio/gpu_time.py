@@ -15,12 +15,13 @@ The bundled model (CPU) and models without a step figure take the fixed `default
 will refuse also take it: the call then fails at once with its own message.
 """
 
-from ..planner import FIXED_PREDICTORS, PEER_ORDERS, PEER_PATTERNS, VERIFIED_OPTIONS
+from ..planner import FIXED_PREDICTORS, PEER_PATTERNS, VERIFIED_OPTIONS, pattern_options
 from .space import defaults, serve
 
 ALLOWANCE_S = 30
-# reference + candidates + TaylorSeer's regular patterns, with each of its orders too (`verified_options`) + refinements
-PLAN_CHECK_RUNS = 1 + len(VERIFIED_OPTIONS) + PEER_PATTERNS * (1 + len(PEER_ORDERS)) + 3 * len(FIXED_PREDICTORS)
+# reference + candidates + TaylorSeer's regular patterns (`verified_options`) + refinements
+PLAN_CHECK_RUNS = (1 + len(VERIFIED_OPTIONS) + PEER_PATTERNS * len(pattern_options((1, 1)))
+                   + 3 * len(FIXED_PREDICTORS))
 
 
 def _seconds(key, steps, runs) -> int:
