@@ -57,7 +57,7 @@ _streaming: set = set()  # sessions whose run is streaming now
 HOW_TO_READ = """
 **Groups.** The transformer's blocks are cut into *groups* of consecutive blocks (group 0 is the shallowest).
 Each group adds a *residual* to the image and text streams. LayerCache decides per step and per group whether to
-run the group or to reuse its residual.
+run the group or to reuse its residual (or, in TaylorSeer's form, which the planner may choose, its output).
 
 **K.** A reused residual is extrapolated from the group's last *computed* residuals (predictions are never
 extrapolated again): K = 1 is plain reuse of the last one; K ≥ 2 fits a slope over the last K computed steps (the

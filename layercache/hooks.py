@@ -233,8 +233,7 @@ class LayerCacheBlockHook(ModelHook):
         if self.is_head:
             hidden, encoder = self._inputs(args, kwargs)
             cell = state.row[self.group]
-            residuals = state.residuals[self.group]
-            state.computing = _computes(state, self.group) or residuals[-1][0].shape != hidden.shape
+            state.computing = _computes(state, self.group, hidden)
             if not state.computing:
                 return self._reuse(state, cell, hidden, encoder)
             state.group_input = (hidden, encoder)
@@ -249,7 +248,7 @@ class LayerCacheBlockHook(ModelHook):
     def _reuse(self, state, cell, hidden, encoder):
         g = self.group
         outputs = self.config.schedule.reuse == "outputs"
-        if outputs and g + 1 < len(state.row) and not _computes(state, g + 1):
+        if outputs and g + 1 < len(state.row) and not _computes(state, g + 1, hidden):
             # the next group is reused too and predicts its own output: nothing reads this one's
             state.reused = (hidden, encoder)
             return self._as_output(*state.reused)
@@ -296,9 +295,11 @@ class LayerCacheBlockHook(ModelHook):
         state.residuals[g].append((hidden_out, encoder_out) if outputs else (d_hidden, d_encoder))
 
 
-def _computes(state, group: int) -> bool:
-    """Does `group` run this step: its cell says so, or it has nothing logged to predict from."""
-    return state.row[group].compute or not state.residuals[group]
+def _computes(state, group: int, hidden=None) -> bool:
+    """Does `group` run this step: its cell says so, or it has nothing logged to predict from (or, given the
+    stream it gets, `hidden`, a log of another shape)."""
+    log = state.residuals[group]
+    return state.row[group].compute or not log or (hidden is not None and log[-1][0].shape != hidden.shape)
 
 
 def _relative_change(previous, current) -> torch.Tensor:

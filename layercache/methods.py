@@ -65,7 +65,7 @@ class LayerCacheSetting(Cache):
 
     def __init__(self, schedule, method: str = "layercache", budget=None, params=None):
         chosen = sorted({c.encode() for row in schedule.cells for c in row if not c.compute})
-        found = {"reuse_cells": chosen}
+        found = {"reuse_cells": chosen, "reuse": schedule.reuse}
         if "verified" in schedule.meta:   # which candidate plan won on the calibration calls
             verified = schedule.meta["verified"]
             found["verified"] = verified["chosen"]

@@ -89,7 +89,8 @@ def layercache_candidates(cal, budget) -> dict:
                 schedule = plan(cal, budget, **variant)
             except OutOfReach:
                 continue
-            key = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps))
+            key = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps,
+                       schedule.reuse))
             if key not in seen:
                 seen.add(key)
                 plans[option_name(variant)] = schedule

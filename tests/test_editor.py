@@ -56,6 +56,7 @@ def test_the_map_shows_groups_as_rows_and_steps_as_columns():
     outputs = dict(schedule_json(), reuse="outputs")
     assert "predict their outputs" in editor.summary(outputs)
     assert Schedule.from_json(editor.toggle(outputs, 3, 1, False, "slope", 2)).reuse == "outputs"   # an edit keeps it
+    assert Schedule.from_json(editor.compute_all(outputs)).reuse == "residuals"   # a fresh map paints residuals
     assert all(cell == "run" for cell in editor.table(editor.compute_all(schedule_json())).data.iloc[:, 1:].values.flat)
 
 

@@ -480,9 +480,11 @@ def test_hooks_hand_each_predictor_its_groups_computed_steps(tiny_pipe, cal, mon
 
 
 @pytest.mark.parametrize("reuse", ["outputs", "residuals"])
-def test_a_reused_group_hands_on_its_predicted_output_or_its_input_plus_residual(tiny_pipe, cal, reuse):
-    """One group reused by plain reuse (slope:1) at one step, every other cell computed: the next group's input is
-    the reused group's output at the step before (`reuse="outputs"`), or its input now plus its residual then."""
+@pytest.mark.parametrize("groups", [(1,), (0, 1), (1, 2)])
+def test_reused_groups_hand_on_their_predicted_output_or_their_input_plus_residual(tiny_pipe, cal, reuse, groups):
+    """Consecutive groups reused by plain reuse (slope:1) at one step, every other cell computed: the next group's
+    input is the last reused group's output at the step before (`reuse="outputs"`; the groups before it predict
+    nothing), or the first one's input now plus their residuals then."""
     from dataclasses import replace
 
     from diffusers.hooks._helpers import TransformerBlockRegistry
@@ -490,14 +492,15 @@ def test_a_reused_group_hands_on_its_predicted_output_or_its_input_plus_residual
     from layercache.groups import find_blocks
     from layercache.schedule import Cell
 
-    step, group = 4, 1
+    step = 4
     full = lc.Schedule.all_compute(cal.model_id, cal.sigmas, partition(tiny_pipe.transformer, 4))
     cells = [list(row) for row in full.cells]
-    cells[step][group] = Cell(False, "slope", 1)
+    for group in groups:
+        cells[step][group] = Cell(False, "slope", 1)
     schedule = replace(full, cells=cells, reuse=reuse)
     blocks = [block for _, block in find_blocks(tiny_pipe.transformer)]
-    head, tail, following = (blocks[cal.group_starts[group]], blocks[cal.group_starts[group + 1] - 1],
-                             blocks[cal.group_starts[group + 1]])
+    head, tail, following = (blocks[cal.group_starts[groups[0]]], blocks[cal.group_starts[groups[-1] + 1] - 1],
+                             blocks[cal.group_starts[groups[-1] + 1]])
     seen = {"in": [], "out": [], "next": []}
 
     index = TransformerBlockRegistry.get(type(tail)).return_hidden_states_index

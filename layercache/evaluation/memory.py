@@ -208,7 +208,8 @@ def run(args):
               f"{r.weights / GIB:7.2f} GiB  (one set, shared by both lanes)")
         print(f"  cache bound: {spec['contexts']} context(s) x {args.groups} groups x K={args.max_k} x batch "
               f"{spec['batch']} x ({image_tokens(args.resolution)} image + {spec['text_tokens']} text tokens) x "
-              f"width {spec['width']} x 2 B = {r.cache / GIB:.2f} GiB")
+              f"width {spec['width']} x 2 B = {r.cache / GIB:.2f} GiB (a plan reusing outputs, with the app's "
+              f"telemetry: K+1)")
         print(f"  estimates: transformer activations {r.activations / GIB:.2f} GiB, VAE decode "
               f"{r.vae_decode / GIB:.2f} GiB, CUDA context {CUDA_OVERHEAD / GIB:.0f} GiB")
         for option, peak in r.peaks().items():

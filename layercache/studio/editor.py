@@ -86,6 +86,7 @@ def compute_all(schedule_json: dict) -> dict:
     schedule = Schedule.from_json(schedule_json)
     schedule.cells = [[Cell(True)] * schedule.num_groups for _ in range(schedule.num_steps)]
     schedule.velocity_steps = []
+    schedule.reuse = "residuals"   # painted cells reuse residuals, what the map's legend describes
     schedule.meta = {"method": "painted in the app", "from": "all computed"}
     return schedule.to_json()
 
