@@ -209,6 +209,7 @@ class LayerCacheBlockHook(ModelHook):
         self.state_manager = state_manager
         self.group, self.is_head, self.is_tail = group, is_head, is_tail
         self.config, self.telemetry = config, telemetry
+        self.reuses_outputs = config.schedule.reuse == "outputs"   # the log holds outputs, a reused group returns one
         self._metadata = None
 
     def initialize_hook(self, module):
@@ -247,8 +248,7 @@ class LayerCacheBlockHook(ModelHook):
 
     def _reuse(self, state, cell, hidden, encoder):
         g = self.group
-        outputs = self.config.schedule.reuse == "outputs"
-        if outputs and g + 1 < len(state.row) and not _computes(state, g + 1, hidden):
+        if self.reuses_outputs and g + 1 < len(state.row) and not _computes(state, g + 1, hidden):
             # the next group is reused too and predicts its own output: nothing reads this one's
             state.reused = (hidden, encoder)
             return self._as_output(*state.reused)
@@ -260,7 +260,7 @@ class LayerCacheBlockHook(ModelHook):
             d_encoder = predict(cell.predictor, [r[1] for r in history], *where)
         # predictions are not logged: predictors fit computed residuals only, so an error made here is never
         # extrapolated again (and the planner's error model, which scores anchors, stays exact)
-        if outputs:
+        if self.reuses_outputs:
             state.reused = (d_hidden, encoder if d_encoder is None else d_encoder)
         else:
             state.reused = (hidden + d_hidden, encoder if d_encoder is None else encoder + d_encoder)
@@ -279,7 +279,7 @@ class LayerCacheBlockHook(ModelHook):
         encoder_out = output[self._metadata.return_encoder_hidden_states_index]
         d_hidden = hidden_out - hidden_in
         d_encoder = None if encoder_out is None or encoder_in is None else encoder_out - encoder_in
-        outputs = self.config.schedule.reuse == "outputs"
+        outputs = self.reuses_outputs
         if self.telemetry.enabled:
             record = self.telemetry.group(g)
             record.time_s += time.perf_counter() - state.started
