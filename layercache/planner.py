@@ -534,7 +534,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         except OutOfReach:
             return
         name = option_name(option)
-        cells = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps, schedule.reuse))
+        cells = schedule.actions()
         if cells in seen:   # the same plan as an earlier option: same end-to-end error
             tried[name] = tried[seen[cells]]
             return

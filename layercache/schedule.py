@@ -88,6 +88,10 @@ class Schedule:
     def max_k(self) -> int:
         return max([cell.k for row in self.cells for cell in row if not cell.compute], default=1)
 
+    def actions(self) -> str:
+        """What the hooks do, and only that (cells, velocity steps, reuse): equal for plans that run identically."""
+        return str(([[c.encode() for c in row] for row in self.cells], self.velocity_steps, self.reuse))
+
     @classmethod
     def all_compute(cls, model_id, sigmas, layout) -> "Schedule":
         cells = [[Cell(True)] * layout.num_groups for _ in sigmas]

@@ -89,8 +89,7 @@ def layercache_candidates(cal, budget) -> dict:
                 schedule = plan(cal, budget, **variant)
             except OutOfReach:
                 continue
-            key = str(([[c.encode() for c in row] for row in schedule.cells], schedule.velocity_steps,
-                       schedule.reuse))
+            key = schedule.actions()
             if key not in seen:
                 seen.add(key)
                 plans[option_name(variant)] = schedule
