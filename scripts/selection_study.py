@@ -2,9 +2,10 @@
 
 For each (steps, budget) cell, every candidate a tuned method chooses among (LayerCache: each `plan_verified`
 option and each option's steps with every fixed predictor; MeanCache: γ 2 and 1; TaylorSeer: its (interval,
-warm-up, order) points) is run on both calibration calls (final latents, per image squared error against the
-uncached latents) and on the evaluation seeds (per image PSNR against the uncached image). The per-image figures
-are written out so that any selection rule can be scored offline (`--report`). LayerCache's candidates here are a
+warm-up, order) points) is run on both calibration calls (images, per image squared error against the
+uncached images, as the planner's check; files measured before the twelfth session hold the final latents'
+errors) and on the evaluation seeds (per image PSNR against the uncached image). The per-image figures are written
+out so that any selection rule can be scored offline (`--report`). LayerCache's candidates here are a
 superset of what `plan_verified` runs (it tries the fixed predictors on its three best plans' steps only). With
 --resume, the candidates already in the file are kept and only the missing ones run (after the planner's
 candidates grew).
@@ -106,7 +107,7 @@ def measure(args) -> list:
     from layercache.methods import LayerCacheSetting
     from layercache.models.registry import load_pipeline, shipped_calibration
     from layercache.models.tiny.sets import calibration_calls
-    from layercache.planner import reference_latents
+    from layercache.planner import reference_outputs
 
     def capture(ctx, points):   # the peers' tuning candidates, all of them, unselected
         ctx.captured = points
@@ -123,7 +124,7 @@ def measure(args) -> list:
     for steps in args.steps:
         ctx = BenchContext(pipe, steps, calls, {4: shipped_calibration(args.model, steps, 4)})
         cal = ctx.calibration(4)
-        reference = reference_latents(pipe, calls, steps)
+        reference = reference_outputs(pipe, calls, steps)
         eval_reference = _images(pipe, seeds, steps)
         for budget in args.budgets:
             candidates = {f"layercache {name}": LayerCacheSetting(s, "layercache", budget)
@@ -144,13 +145,13 @@ def measure(args) -> list:
                 steps_run = cache.num_inference_steps or steps
                 cache.attach(pipe)
                 try:
-                    latents = reference_latents(pipe, calls, steps_run)
+                    outputs = reference_outputs(pipe, calls, steps_run)
                     images = _images(pipe, seeds, steps_run)
                 finally:
                     cache.detach(pipe)
                 rows[name] = {
                     "method": name.split(" ")[0],
-                    "calibration_mse": [((a - b) ** 2).flatten(1).mean(1).tolist() for a, b in zip(latents, reference)],
+                    "calibration_mse": [((a - b) ** 2).flatten(1).mean(1).tolist() for a, b in zip(outputs, reference)],
                     "eval_psnr": torch.clamp(psnr(images, eval_reference), max=100.0).tolist()}
                 print(f"{steps} {budget:g} {name}: eval {np.mean(rows[name]['eval_psnr']):.2f} dB "
                       f"({time.time() - started:.1f} s)", file=sys.stderr)
@@ -191,7 +192,7 @@ def report(cells: list) -> str:
 
 def compare(cells: list, a: str, b: str) -> str:
     """Candidate b against candidate a, per cell where both were measured: the mean paired per-image difference and
-    its standard error, of the check's figure on the calibration images (log squared error of the final latents,
+    its standard error, of the check's figure on the calibration images (log squared error of the images,
     both calls; negative: b better) and of PSNR on the evaluation images (positive: b better)."""
     lines = [f"b = {b}, a = {a}", "| model | steps | budget | check b − a (± SE) | eval PSNR b − a dB (± SE) |",
              "|---|---|---|---|---|"]

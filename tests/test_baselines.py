@@ -207,7 +207,7 @@ def test_tuning_rechecks_its_best_points_and_keeps_the_best_over_every_image(tin
     """A peer tuned with recheck calls (TaylorSeer: six points) runs its RECHECK_FINALISTS best on them too and keeps
     the one of least error over the images of both sets, as LayerCache's plan_verified does."""
     from layercache.evaluation import baselines
-    from layercache.planner import RECHECK_FINALISTS, latent_error, reference_latents
+    from layercache.planner import RECHECK_FINALISTS, output_error, reference_outputs
 
     calls, recheck = [{"label": [0, 3, 7], "seed": 1}], [{"label": [2, 5], "seed": 3}]
     tuned, real_tune = [], baselines.tune
@@ -217,13 +217,13 @@ def test_tuning_rechecks_its_best_points_and_keeps_the_best_over_every_image(tin
     ranked = sorted(tuned, key=lambda p: p.params["calibration_error"])
     assert [p for p in tuned if "rechecked_error" in p.params] == [p for p in tuned if p in ranked[:RECHECK_FINALISTS]]
     assert chosen is min(ranked[:RECHECK_FINALISTS], key=lambda p: p.params["rechecked_error"])
-    reference = reference_latents(tiny_pipe, calls + recheck, 10)
+    reference = reference_outputs(tiny_pipe, calls + recheck, 10)
     chosen.attach(tiny_pipe)
     try:
-        latents = reference_latents(tiny_pipe, calls + recheck, 10)
+        latents = reference_outputs(tiny_pipe, calls + recheck, 10)
     finally:
         chosen.detach(tiny_pipe)
-    assert latent_error(latents, reference) == pytest.approx(chosen.params["rechecked_error"])
+    assert output_error(latents, reference) == pytest.approx(chosen.params["rechecked_error"])
 
 
 def test_unknown_method_and_bad_budget(ctx):

@@ -338,22 +338,22 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     calls, no worse than any whole-step plan the planner makes: its choice, its bookkeeping and its dedup hold."""
     from layercache.planner import (
         WHOLE_STEP_OPTIONS,
-        latent_error,
         option_name,
+        output_error,
         plan_verified,
-        reference_latents,
+        reference_outputs,
         regular_patterns,
         verified_options,
     )
 
     calls = [{"label": [1, 7], "seed": 5}]
     cal = lc.calibrate(tiny_pipe, calls, steps, num_groups=4)
-    reference = reference_latents(tiny_pipe, calls, steps)
+    reference = reference_outputs(tiny_pipe, calls, steps)
 
     def end_to_end(schedule):
         lc.enable(tiny_pipe, schedule, telemetry=False)
         try:
-            return latent_error(reference_latents(tiny_pipe, calls, steps), reference)
+            return output_error(reference_outputs(tiny_pipe, calls, steps), reference)
         finally:
             lc.disable(tiny_pipe)
 
@@ -377,14 +377,14 @@ def test_recheck_keeps_the_finalist_of_least_error_over_every_image(tiny_pipe):
     from layercache.planner import (
         RECHECK_FINALISTS,
         VERIFIED_OPTIONS,
-        latent_error,
+        output_error,
         plan_verified,
-        reference_latents,
+        reference_outputs,
     )
 
     steps, calls, recheck = 8, [{"label": [1, 7], "seed": 5}], [{"label": [2, 9, 4], "seed": 6}]
     cal = lc.calibrate(tiny_pipe, calls, steps, num_groups=4)
-    reference, recheck_reference = reference_latents(tiny_pipe, calls, steps), reference_latents(tiny_pipe, recheck,
+    reference, recheck_reference = reference_outputs(tiny_pipe, calls, steps), reference_outputs(tiny_pipe, recheck,
                                                                                                    steps)
     chosen = plan_verified(tiny_pipe, cal, 0.4, calls, reference=reference, recheck_calls=recheck,
                            candidates=VERIFIED_OPTIONS, refine=0)   # ten candidates: enough to leave some out
@@ -395,29 +395,46 @@ def test_recheck_keeps_the_finalist_of_least_error_over_every_image(tiny_pipe):
     assert verified["chosen"] == min(rechecked, key=rechecked.get)
     lc.enable(tiny_pipe, chosen, telemetry=False)
     try:
-        latents = reference_latents(tiny_pipe, calls, steps) + reference_latents(tiny_pipe, recheck, steps)
+        latents = reference_outputs(tiny_pipe, calls, steps) + reference_outputs(tiny_pipe, recheck, steps)
     finally:
         lc.disable(tiny_pipe)
-    assert latent_error(latents, reference + recheck_reference) == pytest.approx(rechecked[verified["chosen"]])
+    assert output_error(latents, reference + recheck_reference) == pytest.approx(rechecked[verified["chosen"]])
     assert untouched(tiny_pipe)
 
 
 def test_the_check_scores_what_a_mean_psnr_averages():
-    """latent_error is the mean over every image of every call of log(per-image MSE), floored where the benchmark
+    """output_error is the mean over every image of every call of log(per-image MSE), floored where the benchmark
     caps PSNR: it ranks plans as a mean PSNR does, where the mean of the squared errors can rank them the other
     way round (one image far off outweighs every other)."""
-    from layercache.planner import latent_error
+    from layercache.planner import output_error
 
     reference = [torch.zeros(2, 4, 3), torch.zeros(1, 4, 3)]
     errors = [0.04, 1e-6, 9.0]   # per image, over both calls
     latents = [torch.stack([torch.full((4, 3), e ** 0.5) for e in errors[:2]]), torch.full((1, 4, 3), 3.0)]
-    assert latent_error(latents, reference) == pytest.approx(float(np.mean(np.log(errors))))
+    assert output_error(latents, reference) == pytest.approx(float(np.mean(np.log(errors))))
     zeros = [torch.zeros(3, 1), torch.zeros(1, 1)]
     one_far_off = [torch.full((3, 1), 1e-3), torch.tensor([[3.0]])]   # MSE 1e-6 three times, then 9
     all_a_little = [torch.full((3, 1), 0.5), torch.tensor([[0.5]])]  # MSE 0.25 each
-    assert latent_error(one_far_off, zeros) < latent_error(all_a_little, zeros)
+    assert output_error(one_far_off, zeros) < output_error(all_a_little, zeros)
     assert np.mean([1e-6] * 3 + [9.0]) > 0.25   # the mean MSE ranks them the other way
-    assert latent_error(zeros, zeros) == pytest.approx(np.log(1e-10))   # identical latents: finite, at the cap
+    assert output_error(zeros, zeros) == pytest.approx(np.log(1e-10))   # identical latents: finite, at the cap
+
+
+def test_the_check_compares_the_images_a_user_sees(tiny_pipe):
+    """plan_verified and the peers' tuning score the pipeline's images (decoded, in [0, 1]), which the benchmark's
+    PSNR scores, not the final latents: a latent error where the image is clamped (a digit's background below -1)
+    is no error in the image."""
+    from layercache.calibrate import call_kwargs
+    from layercache.planner import output_error, reference_outputs
+
+    calls = [{"label": [3, 7], "seed": 5}]
+    outputs = reference_outputs(tiny_pipe, calls, 4)
+    expected = tiny_pipe(**call_kwargs(calls[0]), num_inference_steps=4, output_type="pt").images.float()
+    assert torch.equal(outputs[0], expected)
+    assert outputs[0].min() >= 0 and outputs[0].max() <= 1
+    latents = tiny_pipe(**call_kwargs(calls[0]), num_inference_steps=4, output_type="latent").images.float()
+    assert not torch.equal(outputs[0].flatten(1), latents.flatten(1))
+    assert output_error(outputs, outputs) == pytest.approx(np.log(1e-10))
 
 
 def test_plan_verified_passes_argument_errors_through(tiny_pipe, cal):

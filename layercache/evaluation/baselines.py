@@ -25,7 +25,7 @@ Methods (names as on the command line):
   fixed-interval      every group recomputed every I_g steps and plainly reused in between
 
 Every free setting (LayerCache's plan, MeanCache's γ, TaylorSeer's interval/warm-up/order) is chosen per
-(steps, budget) cell by the final latents on both calibration calls, scored by `planner.latent_error` (the mean
+(steps, budget) cell by the images on both calibration calls, scored by `planner.output_error` (the mean
 per-image log error, what a mean PSNR averages): `tune`, `plan_verified`.
 
 Not applicable to QwenImageTransformer2DModel under Qwen-style CFG (separate "cond"/"uncond" calls):
@@ -51,10 +51,10 @@ from ..methods import METHODS as LIBRARY
 from ..methods import Cache, DiffusersCacheSetting, LayerCacheSetting, Method, Uncached
 from ..methods import prepare as prepare_cache
 from ..planner import (
-    latent_error,
+    output_error,
     plan_verified,
     recheck,
-    reference_latents,
+    reference_outputs,
     regular_patterns,
     regular_steps,
     schedule_from_mask,
@@ -110,9 +110,9 @@ class BenchContext:
         return self._cache[key]
 
     def references(self) -> tuple[list, list]:
-        """The uncached final latents on the tuning calls and on the recheck calls."""
-        return (self.memo("reference latents", lambda: reference_latents(self.pipe, self.tuning_calls, self.num_steps)),
-                self.memo("recheck latents", lambda: reference_latents(self.pipe, self.recheck_calls, self.num_steps)))
+        """The uncached images on the tuning calls and on the recheck calls."""
+        return (self.memo("reference outputs", lambda: reference_outputs(self.pipe, self.tuning_calls, self.num_steps)),
+                self.memo("recheck outputs", lambda: reference_outputs(self.pipe, self.recheck_calls, self.num_steps)))
 
     def verified_plan(self, cal: Calibration, budget: float, **options) -> Schedule:
         reference, recheck_reference = self.references()
@@ -187,7 +187,7 @@ def _fixed_interval(ctx, budget):
 # ---------------------------------------------------------------- tuning
 
 def tune(ctx, points: list) -> Cache:
-    """The operating point whose final latents on the calibration calls are closest to the uncached ones:
+    """The operating point whose images on the calibration calls are closest to the uncached ones:
     how every peer with a free setting is tuned, per (steps, budget) cell, never on evaluation inputs. With recheck
     calls, the RECHECK_FINALISTS best points run on them too and the one of least error over all images is kept,
     as `plan_verified` does for LayerCache."""
@@ -196,10 +196,10 @@ def tune(ctx, points: list) -> Cache:
     def error_on(point, calls, on_reference) -> float:
         point.attach(ctx.pipe)
         try:
-            latents = reference_latents(ctx.pipe, calls, point.num_inference_steps or ctx.num_steps)
+            outputs = reference_outputs(ctx.pipe, calls, point.num_inference_steps or ctx.num_steps)
         finally:
             point.detach(ctx.pipe)
-        return latent_error(latents, on_reference)
+        return output_error(outputs, on_reference)
 
     for point in points:
         point.params["calibration_error"] = error_on(point, ctx.tuning_calls, reference)

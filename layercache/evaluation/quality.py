@@ -17,7 +17,7 @@ from ..methods import LayerCacheSetting
 from ..models.registry import shipped_calibration
 from ..models.tiny import TinyDigitPipeline
 from ..models.tiny.sets import calibration_calls, eval_call
-from ..planner import plan_verified, reference_latents
+from ..planner import plan_verified, reference_outputs
 from .metrics import psnr, ssim
 
 
@@ -37,7 +37,7 @@ def run(args):
     cal.check_fits(pipe.transformer, args.steps)
     call = eval_call(seeds)
     reference = pipe(**call, num_inference_steps=args.steps, output_type="pt").images
-    calibration_reference = reference_latents(pipe, calibration_calls(), args.steps)
+    calibration_reference = reference_outputs(pipe, calibration_calls(), args.steps)
 
     print(f"bundled model, {args.steps} steps, {args.groups} groups, {len(seeds)} evaluation images "
           f"(seeds {seeds[0]}..{seeds[-1]}), calibration seeds {[c.get('seed') for c in cal.meta['calls']]}")

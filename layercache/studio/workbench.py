@@ -149,14 +149,14 @@ class Workbench:
     def verified_plan(self, key: str, cal, budget: float, progress=None, **options):
         """`plan_verified` on the model's calibration calls (a few cached runs of them; the uncached reference is
         computed once per model and step count), remembered per setting."""
-        from ..planner import plan_verified, reference_latents
+        from ..planner import plan_verified, reference_outputs
         memo = (key, cal.num_steps, cal.num_groups, float(budget), tuple(sorted(options.items())))
         if memo not in self._plans:
             runner = self.runner(key)
             with runner.exclusive():  # no run may start on this pipeline meanwhile
                 pipe, calls = runner.pipes["uncached"], _verification_calls(key)
                 if (key, cal.num_steps) not in self._references:
-                    self._references[key, cal.num_steps] = reference_latents(pipe, calls, cal.num_steps)
+                    self._references[key, cal.num_steps] = reference_outputs(pipe, calls, cal.num_steps)
                 checking = None if progress is None else (
                     lambda done, total: progress(done, total, "checking candidate plans on the calibration inputs"))
                 reference = self._references[key, cal.num_steps]
