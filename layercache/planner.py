@@ -421,10 +421,8 @@ def output_error(outputs: list, reference: list) -> float:
 
 def reference_outputs(pipe, calls: list, num_inference_steps: int) -> list:
     """The pipeline's images (`output_type="pt"`, decoded and clamped to [0, 1]) on each call: what `plan_verified`
-    compares plans by, because it is what a user sees and what the benchmark's PSNR scores. The final latents rank
-    plans differently where they leave the image's range: on the bundled models a digit's background is −1, and at
-    2 computed steps of 10 (`tiny-flux`, budget 0.2) MeanCache's plan was 0.28 worse in log squared latent error and
-    0.16 better in image error than a residual plan, on the calibration, recheck and evaluation images alike."""
+    compares plans by: what a user sees and the benchmark's PSNR scores. Final latents rank plans differently where
+    they leave the image's range (a digit's background is −1; docs/design.md, "Planner")."""
     return [pipe(**call_kwargs(call), num_inference_steps=num_inference_steps, output_type="pt").images.float()
             for call in calls]
 
