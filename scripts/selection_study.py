@@ -46,6 +46,87 @@ RULES = {   # name: (calibration calls used, per-image aggregate, standard error
 }
 
 
+# Rules for choosing among the finalists (files measured with --finalists): (which finalists, from a method's
+# candidates ranked by the calibration calls; calibration calls and recheck calls, as indices, whose images' mean
+# log error then chooses among them)
+def top(n):
+    return lambda rows, order: order[:n]
+
+
+def families(n):
+    return lambda rows, order: family_best(rows, order)[:n]
+
+
+def both(n):
+    return lambda rows, order: list(dict.fromkeys(order[:n] + family_best(rows, order)[:n]))
+
+
+RECHECK_RULES = {
+    "no recheck: calls 1+2": (top(1), (0, 1), ()),
+    "top 4 on calls 1-4 (the ninth session's check)": (top(4), (0, 1), (0, 1)),
+    "top 4 on fresh calls 3+4 only": (top(4), (), (0, 1)),
+    "top 4 on fresh calls 3-6 only": (top(4), (), (0, 1, 2, 3)),
+    "top 4 on calls 1-6": (top(4), (0, 1), (0, 1, 2, 3)),
+    "4 families on calls 1-4": (families(4), (0, 1), (0, 1)),
+    "4 families on fresh calls 3+4 only": (families(4), (), (0, 1)),
+    "4 families on fresh calls 3-6 only (the bench's check)": (families(4), (), (0, 1, 2, 3)),
+    "4 families on calls 1-6": (families(4), (0, 1), (0, 1, 2, 3)),
+    "top 4 and 4 families on calls 1-4": (both(4), (0, 1), (0, 1)),
+    "top 4 and 4 families on fresh calls 3+4 only": (both(4), (), (0, 1)),
+    "top 4 and 4 families on fresh calls 3-6 only": (both(4), (), (0, 1, 2, 3)),
+    "top 2 and 2 families on fresh calls 3-6 only": (both(2), (), (0, 1, 2, 3)),
+}
+
+
+def ranked(cell: dict, method: str) -> list:
+    """`method`'s candidates in the cell, best first by the log error on both calibration calls; LayerCache's
+    limited to those `plan_verified` runs."""
+    from layercache.planner import option_name, verified_options
+
+    mine = {n: c for n, c in cell["candidates"].items() if c["method"] == method}
+    if method == "layercache":
+        first_round = {f"layercache {option_name(o)}" for o in verified_options(cell["steps"], cell["budget"])}
+        mine = as_plan_verified(mine, (0, 1), "log", first_round)
+    return sorted(mine, key=lambda n: score(mine[n], (0, 1), "log"))
+
+
+def steps_of(name: str) -> tuple:
+    """A LayerCache candidate's step options without its predictor choice: the first-round option it came from."""
+    return tuple(sorted(kv for kv in name.removeprefix("layercache ").split(",")
+                        if kv.split("=")[0] not in ("predictors", "velocity", "fixed")))
+
+
+def family_best(rows: dict, names: list) -> list:
+    """The best of each family, best first, from `names` ranked best first: a LayerCache plan's family is the
+    cells it computes (`computed`), a peer's its settings but how it predicts (`baselines.computes`)."""
+    from layercache.evaluation.baselines import NOT_WHAT_IT_COMPUTES
+
+    def family(name):
+        if "computed" in rows[name]:
+            return str(rows[name]["computed"])
+        method, params = name.split(" ", 1)
+        settings = json.loads(params).items()
+        return method, str(sorted((k, str(v)) for k, v in settings if k not in NOT_WHAT_IT_COMPUTES))
+
+    seen, best = set(), []
+    for name in names:
+        key = family(name)
+        if key not in seen:
+            seen.add(key)
+            best.append(name)
+    return best
+
+
+def finalists(rows: dict, steps: int, budget: float, count: int) -> list:
+    """Each method's `count` best candidates and the best of each of its `count` best families."""
+    cell = {"steps": steps, "budget": budget, "candidates": rows}
+    found = []
+    for method in sorted({r["method"] for r in rows.values()}):
+        order = ranked(cell, method)
+        found += [n for n in dict.fromkeys(order[:count] + family_best(rows, order)[:count])]
+    return found
+
+
 def per_image(candidate: dict, calls, aggregate: str) -> np.ndarray:
     errors = np.concatenate([candidate["calibration_mse"][c] for c in calls])
     return np.log(np.maximum(errors, 1e-10)) if aggregate == "log" else errors
@@ -59,9 +140,6 @@ def as_plan_verified(names: dict, calls, aggregate: str, first_round=None, refin
     """LayerCache's candidates that `plan_verified` runs: every option of its first round (`first_round`, names;
     default: those without a fixed predictor), then the fixed predictors on the steps of the `refine` options of
     least score only."""
-    def steps_of(name):
-        return sorted(kv for kv in name.split(",") if kv.split("=")[0] not in ("predictors", "velocity", "fixed"))
-
     options = {n: c for n, c in names.items() if ("fixed=" not in n if first_round is None else n in first_round)}
     best = [steps_of(n) for n in sorted(options, key=lambda n: score(options[n], calls, aggregate))[:refine]]
     return {n: c for n, c in names.items() if n in options or steps_of(n) in best}
@@ -117,6 +195,7 @@ def measure(args) -> list:
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     calls = calibration_calls()
+    recheck = [{"label": list(range(10)), "seed": seed} for seed in args.recheck_seeds]
     seeds = list(range(100, 100 + args.images))
     measured = {(c["model"], c["steps"], c["budget"]): c["candidates"]
                 for c in (json.loads(Path(args.out).read_text()) if args.resume else [])}
@@ -125,6 +204,7 @@ def measure(args) -> list:
         ctx = BenchContext(pipe, steps, calls, {4: shipped_calibration(args.model, steps, 4)})
         cal = ctx.calibration(4)
         reference = reference_outputs(pipe, calls, steps)
+        recheck_reference = reference_outputs(pipe, recheck, steps) if args.finalists else None
         eval_reference = _images(pipe, seeds, steps)
         for budget in args.budgets:
             candidates = {f"layercache {name}": LayerCacheSetting(s, "layercache", budget)
@@ -138,23 +218,33 @@ def measure(args) -> list:
                     sys.exit(f"--only: no such candidate at {steps} steps / {budget:g}: {sorted(unknown)}")
                 candidates = {name: candidates[name] for name in args.only}
             rows = dict(measured.get((args.model, steps, budget), {}))
-            for name, cache in candidates.items():
-                if name in rows:   # measured by an earlier run of the same file (--resume)
-                    continue
+
+            def run(name, on_calls, reference_on, evaluate):
                 started = time.time()
+                cache = candidates[name]
                 steps_run = cache.num_inference_steps or steps
                 cache.attach(pipe)
                 try:
-                    outputs = reference_outputs(pipe, calls, steps_run)
-                    images = _images(pipe, seeds, steps_run)
+                    outputs = reference_outputs(pipe, on_calls, steps_run)
+                    images = _images(pipe, seeds, steps_run) if evaluate else None
                 finally:
                     cache.detach(pipe)
-                rows[name] = {
-                    "method": name.split(" ")[0],
-                    "calibration_mse": [((a - b) ** 2).flatten(1).mean(1).tolist() for a, b in zip(outputs, reference)],
-                    "eval_psnr": torch.clamp(psnr(images, eval_reference), max=100.0).tolist()}
-                print(f"{steps} {budget:g} {name}: eval {np.mean(rows[name]['eval_psnr']):.2f} dB "
-                      f"({time.time() - started:.1f} s)", file=sys.stderr)
+                errors = [((a - b) ** 2).flatten(1).mean(1).tolist() for a, b in zip(outputs, reference_on)]
+                found = f"eval {torch.clamp(psnr(images, eval_reference), max=100.0).mean():.2f} dB" if evaluate else ""
+                print(f"{steps} {budget:g} {name}: {found} ({time.time() - started:.1f} s)", file=sys.stderr)
+                return errors, None if images is None else torch.clamp(psnr(images, eval_reference), max=100.0).tolist()
+
+            for name in candidates:
+                if name in rows:   # measured by an earlier run of the same file (--resume)
+                    continue
+                errors, eval_psnr = run(name, calls, reference, not args.finalists)
+                rows[name] = {"method": name.split(" ")[0], "calibration_mse": errors, "eval_psnr": eval_psnr}
+            for name, cache in candidates.items():
+                if hasattr(cache, "schedule"):   # LayerCache's: the cells it computes (its family)
+                    rows[name]["computed"] = [[c.compute for c in row] for row in cache.schedule.cells]
+            for name in finalists(rows, steps, budget, args.finalists) if args.finalists else ():
+                if rows[name].get("recheck_mse") is None:   # the recheck calls and the evaluation seeds, finalists only
+                    rows[name]["recheck_mse"], rows[name]["eval_psnr"] = run(name, recheck, recheck_reference, True)
             cells.append({"model": args.model, "steps": steps, "budget": budget, "candidates": rows})
     others = {(c["model"], c["steps"], c["budget"]) for c in cells}
     return [{"model": m, "steps": n, "budget": b, "candidates": rows}
@@ -190,6 +280,36 @@ def report(cells: list) -> str:
     return "\n".join(lines)
 
 
+def recheck_report(cells: list) -> str:
+    """Each of RECHECK_RULES applied to every tuned method alike, on the cells measured with --finalists: the
+    evaluation PSNR of each method's choice and LayerCache's margin to the better peer."""
+    methods = ("layercache", "meancache", "taylorseer")
+    lines = ["| model | steps | budget | rule | LayerCache | MeanCache | TaylorSeer | margin |",
+             "|---|---|---|---|---|---|---|---|"]
+    totals = {rule: [] for rule in RECHECK_RULES}
+    for cell in (c for c in cells if any("recheck_mse" in r for r in c["candidates"].values())):
+        for rule, (select, calls, rechecks) in RECHECK_RULES.items():
+            chosen = {}
+            for method in methods:
+                rows = cell["candidates"]
+                def final(n):
+                    errors = [rows[n]["calibration_mse"][i] for i in calls]
+                    errors += [rows[n]["recheck_mse"][i] for i in rechecks]
+                    return float(np.log(np.maximum(np.concatenate(errors), 1e-10)).mean())
+                best = min(select(rows, ranked(cell, method)), key=final)
+                chosen[method] = float(np.mean(rows[best]["eval_psnr"]))
+            margin = chosen["layercache"] - max(chosen["meancache"], chosen["taylorseer"])
+            totals[rule].append(margin)
+            lines.append(f"| {cell['model']} | {cell['steps']} | {cell['budget']:g} | {rule} | "
+                         f"{chosen['layercache']:.2f} | {chosen['meancache']:.2f} | {chosen['taylorseer']:.2f} | "
+                         f"{margin:+.2f} |")
+    lines += ["", "| rule | cells ≥ best peer | lost | summed margin dB |", "|---|---|---|---|"]
+    for rule, margins in totals.items():
+        won = sum(m >= -1e-9 for m in margins)
+        lines.append(f"| {rule} | {won} | {len(margins) - won} | {sum(margins):+.2f} |")
+    return "\n".join(lines)
+
+
 def compare(cells: list, a: str, b: str) -> str:
     """Candidate b against candidate a, per cell where both were measured: the mean paired per-image difference and
     its standard error, of the check's figure on the calibration images (log squared error of the images,
@@ -218,21 +338,29 @@ def main():
                         help="keep the cells and candidates already in --out; measure only what is missing")
     parser.add_argument("--report", nargs="+", help="score the rules on these files instead of measuring")
     parser.add_argument("--only", nargs="+", help="measure only these candidates (names as in the study file)")
+    parser.add_argument("--finalists", type=int, default=0,
+                        help="run only each method's N best candidates (on the calibration calls) on the evaluation "
+                             "seeds, and on the recheck calls too (--recheck-seeds); scored by RECHECK_RULES")
+    parser.add_argument("--recheck-seeds", default="3,4,5,6", help="with --finalists: one call of labels 0-9 each")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="with --report: B against A, paired")
     args = parser.parse_args()
     if args.resume and not (args.out and Path(args.out).is_file()):
         parser.error("--resume needs --out to name an existing study file")
     if args.report:
         cells = [cell for path in args.report for cell in json.loads(Path(path).read_text())]
-        print(compare(cells, *args.compare) if args.compare else report(cells))
+        print(compare(cells, *args.compare) if args.compare else
+              recheck_report(cells) if any("recheck_mse" in r for c in cells for r in c["candidates"].values())
+              else report(cells))
         return
+    args.recheck_seeds = [int(s) for s in args.recheck_seeds.split(",")]
     args.steps = [int(s) for s in args.steps.split(",")]
     args.budgets = [float(b) for b in args.budgets.split(",")]
     cells = measure(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(cells))
-    print(compare(cells, *args.only) if args.only and len(args.only) == 2 else report(cells))
+    print(compare(cells, *args.only) if args.only and len(args.only) == 2 else
+          recheck_report(cells) if args.finalists else report(cells))
 
 
 if __name__ == "__main__":

@@ -203,9 +203,10 @@ def test_taylorseer_caches_every_block_of_a_flux_model():
     assert cached.macs / counter.macs == pytest.approx(point.planned_fraction, abs=1e-9)
 
 
-def test_tuning_rechecks_its_best_points_and_keeps_the_best_over_every_image(tiny_pipe, monkeypatch):
-    """A peer tuned with recheck calls (TaylorSeer: six points) runs its RECHECK_FINALISTS best on them too and keeps
-    the one of least error over the images of both sets, as LayerCache's plan_verified does."""
+def test_tuning_rechecks_the_best_point_of_each_best_family_on_the_recheck_images(tiny_pipe, monkeypatch):
+    """A peer tuned with recheck calls (TaylorSeer: three patterns, each with orders 1 and 2) runs the best point of
+    each of its RECHECK_FINALISTS best families (points computing the same steps: one pattern) on them and keeps the
+    one of least error on those images alone, as LayerCache's plan_verified does."""
     from layercache.evaluation import baselines
     from layercache.planner import RECHECK_FINALISTS, output_error, reference_outputs
 
@@ -213,17 +214,21 @@ def test_tuning_rechecks_its_best_points_and_keeps_the_best_over_every_image(tin
     tuned, real_tune = [], baselines.tune
     monkeypatch.setattr(baselines, "tune", lambda ctx, points: tuned.extend(points) or real_tune(ctx, points))
     chosen = prepare("taylorseer", BenchContext(tiny_pipe, 10, calls, recheck_calls=recheck), 0.5)
-    assert len(tuned) == 6 > RECHECK_FINALISTS
-    ranked = sorted(tuned, key=lambda p: p.params["calibration_error"])
-    assert [p for p in tuned if "rechecked_error" in p.params] == [p for p in tuned if p in ranked[:RECHECK_FINALISTS]]
-    assert chosen is min(ranked[:RECHECK_FINALISTS], key=lambda p: p.params["rechecked_error"])
-    reference = reference_outputs(tiny_pipe, calls + recheck, 10)
+    assert len(tuned) == 6
+    families = {}
+    for point in sorted(tuned, key=lambda p: p.params["calibration_error"]):
+        families.setdefault((point.params["cache_interval"], point.params["disable_cache_before_step"]), point)
+    finalists = list(families.values())[:RECHECK_FINALISTS]
+    assert len(finalists) == 3
+    assert [p for p in tuned if "rechecked_error" in p.params] == [p for p in tuned if p in finalists]
+    assert chosen is min(finalists, key=lambda p: p.params["rechecked_error"])
+    reference = reference_outputs(tiny_pipe, recheck, 10)
     chosen.attach(tiny_pipe)
     try:
-        latents = reference_outputs(tiny_pipe, calls + recheck, 10)
+        images = reference_outputs(tiny_pipe, recheck, 10)
     finally:
         chosen.detach(tiny_pipe)
-    assert output_error(latents, reference) == pytest.approx(chosen.params["rechecked_error"])
+    assert output_error(images, reference) == pytest.approx(chosen.params["rechecked_error"])
 
 
 def test_unknown_method_and_bad_budget(ctx):

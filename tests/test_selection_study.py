@@ -81,3 +81,19 @@ def test_compare_gives_the_paired_difference_and_its_standard_error(study):
     lines = study.compare(cells, "layercache A", "layercache B").splitlines()
     # check: differences -1, +1, -0.5, -0.5 -> mean -0.25, SE sqrt(0.75)/2; eval: +1, 0, +2 -> +1 ± 1/sqrt(3)
     assert lines[3:] == [f"| tiny | 30 | 0.35 | -0.250 ± {np.sqrt(0.75) / 2:.3f} | +1.000 ± {1 / np.sqrt(3):.3f} |"]
+
+
+def test_the_benchs_recheck_rule_takes_the_finalists_planner_recheck_takes(study):
+    """The study scores the bench's rule on the finalists `planner.recheck` runs: the best of each best family."""
+    from layercache.planner import RECHECK_FINALISTS, recheck
+
+    rows = {f"layercache option{i}": {"method": "layercache", "computed": [[i % 3 == 0], [i % 5 == 0]]}
+            for i in range(12)}
+    rows["meancache {\"computed_steps\": [0, 2], \"gamma\": 2.0, \"k\": [1, 2]}"] = {"method": "meancache"}
+    rows["meancache {\"computed_steps\": [0, 2], \"gamma\": 1.0, \"k\": [1, 2]}"] = {"method": "meancache"}
+    select = study.RECHECK_RULES["4 families on fresh calls 3-6 only (the bench's check)"][0]
+    order = [n for n in rows if n.startswith("layercache")]
+    assert select(rows, order) == list(recheck(order, lambda n: 0.0, lambda n: str(rows[n]["computed"])))
+    assert len(select(rows, order)) == RECHECK_FINALISTS < len(order)
+    peers = [n for n in rows if n.startswith("meancache")]   # the same steps: one family, as baselines.computes says
+    assert select(rows, peers) == peers[:1]

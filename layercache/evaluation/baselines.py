@@ -186,11 +186,22 @@ def _fixed_interval(ctx, budget):
 
 # ---------------------------------------------------------------- tuning
 
+# A tuned point's settings that say how it predicts the steps it skips or how it chose its steps, not which steps
+# it computes (MeanCache's γ and spans, TaylorSeer's order), and what tuning adds
+NOT_WHAT_IT_COMPUTES = ("gamma", "k", "max_order", "calibration_error", "rechecked_error", "tuned_over")
+
+
+def computes(point: Cache) -> str:
+    """A point's family for `planner.recheck`: its settings but those in NOT_WHAT_IT_COMPUTES."""
+    return str(sorted((k, str(v)) for k, v in point.params.items() if k not in NOT_WHAT_IT_COMPUTES))
+
+
 def tune(ctx, points: list) -> Cache:
     """The operating point whose images on the calibration calls are closest to the uncached ones:
     how every peer with a free setting is tuned, per (steps, budget) cell, never on evaluation inputs. With recheck
-    calls, the RECHECK_FINALISTS best points run on them too and the one of least error over all images is kept,
-    as `plan_verified` does for LayerCache."""
+    calls, the best point of each of the RECHECK_FINALISTS best families (points that compute the same steps:
+    `computes`) runs on them too and the one of least error on them is kept, as `plan_verified` does for
+    LayerCache (`planner.recheck`)."""
     reference, recheck_reference = ctx.references()
 
     def error_on(point, calls, on_reference) -> float:
@@ -206,8 +217,7 @@ def tune(ctx, points: list) -> Cache:
     ranked = sorted(points, key=lambda p: p.params["calibration_error"])   # stable: ties keep the first
     best = ranked[0]
     if ctx.recheck_calls:
-        rechecked = recheck(ranked, lambda p: p.params["calibration_error"],
-                            lambda p: error_on(p, ctx.recheck_calls, recheck_reference), reference, recheck_reference)
+        rechecked = recheck(ranked, lambda p: error_on(p, ctx.recheck_calls, recheck_reference), computes)
         for point, error in rechecked.items():
             point.params["rechecked_error"] = error
         best = min(rechecked, key=rechecked.get)
