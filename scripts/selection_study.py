@@ -37,7 +37,7 @@ RULES = {   # name: (calibration calls used, per-image aggregate, standard error
     "mse, call 1 (the previous check)": ((0,), "mse", 0, None),
     "log mse, call 1": ((0,), "log", 0, None),
     "mse, calls 1+2": ((0, 1), "mse", 0, None),
-    "log mse, calls 1+2 (the bench's check)": ((0, 1), "log", 0, None),
+    "log mse, calls 1+2 (the bench's first round)": ((0, 1), "log", 0, None),
     # LayerCache keeps its best velocity-step plan (or its best plan equal to a peer's) unless another beats it by 2
     # standard errors of the paired per-image difference (not adopted: measured on the cells of the files only)
     "log mse, calls 1+2, velocity plan unless 2 SE better": ((0, 1), "log", 2, "velocity"),
@@ -310,6 +310,13 @@ def recheck_report(cells: list) -> str:
     return "\n".join(lines)
 
 
+def scored(cells: list) -> str:
+    """RULES on the cells measured on every candidate, RECHECK_RULES on those measured with --finalists."""
+    rechecked = [c for c in cells if any("recheck_mse" in r for r in c["candidates"].values())]
+    every = [c for c in cells if c not in rechecked]
+    return "\n\n".join([*([report(every)] if every else []), *([recheck_report(rechecked)] if rechecked else [])])
+
+
 def compare(cells: list, a: str, b: str) -> str:
     """Candidate b against candidate a, per cell where both were measured: the mean paired per-image difference and
     its standard error, of the check's figure on the calibration images (log squared error of the images,
@@ -348,9 +355,7 @@ def main():
         parser.error("--resume needs --out to name an existing study file")
     if args.report:
         cells = [cell for path in args.report for cell in json.loads(Path(path).read_text())]
-        print(compare(cells, *args.compare) if args.compare else
-              recheck_report(cells) if any("recheck_mse" in r for c in cells for r in c["candidates"].values())
-              else report(cells))
+        print(compare(cells, *args.compare) if args.compare else scored(cells))
         return
     args.recheck_seeds = [int(s) for s in args.recheck_seeds.split(",")]
     args.steps = [int(s) for s in args.steps.split(",")]
@@ -359,8 +364,7 @@ def main():
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(cells))
-    print(compare(cells, *args.only) if args.only and len(args.only) == 2 else
-          recheck_report(cells) if args.finalists else report(cells))
+    print(compare(cells, *args.only) if args.only and len(args.only) == 2 else scored(cells))
 
 
 if __name__ == "__main__":
