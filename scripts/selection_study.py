@@ -97,34 +97,22 @@ def steps_of(name: str) -> tuple:
 
 
 def family_best(rows: dict, names: list) -> list:
-    """The best of each family, best first, from `names` ranked best first: a LayerCache plan's family is the
-    cells it computes (`computed`), a peer's its settings but how it predicts (`baselines.computes`)."""
-    from layercache.evaluation.baselines import NOT_WHAT_IT_COMPUTES
+    """The best of each family, best first, from `names` ranked best first, as `planner.recheck` takes them: a
+    LayerCache plan's family is the cells it computes (`computed`), a peer's `baselines.computes`."""
+    from layercache.evaluation.baselines import computes
 
-    def family(name):
-        if "computed" in rows[name]:
-            return str(rows[name]["computed"])
-        method, params = name.split(" ", 1)
-        settings = json.loads(params).items()
-        return method, str(sorted((k, str(v)) for k, v in settings if k not in NOT_WHAT_IT_COMPUTES))
-
-    seen, best = set(), []
+    best = {}
     for name in names:
-        key = family(name)
-        if key not in seen:
-            seen.add(key)
-            best.append(name)
-    return best
+        row, settings = rows[name], name.split(" ", 1)[1]
+        best.setdefault(str(row["computed"]) if "computed" in row else computes(json.loads(settings)), name)
+    return list(best.values())
 
 
 def finalists(rows: dict, steps: int, budget: float, count: int) -> list:
     """Each method's `count` best candidates and the best of each of its `count` best families."""
     cell = {"steps": steps, "budget": budget, "candidates": rows}
-    found = []
-    for method in sorted({r["method"] for r in rows.values()}):
-        order = ranked(cell, method)
-        found += [n for n in dict.fromkeys(order[:count] + family_best(rows, order)[:count])]
-    return found
+    methods = sorted({r["method"] for r in rows.values()})
+    return [n for method in methods for n in both(count)(rows, ranked(cell, method))]
 
 
 def per_image(candidate: dict, calls, aggregate: str) -> np.ndarray:
@@ -230,9 +218,10 @@ def measure(args) -> list:
                 finally:
                     cache.detach(pipe)
                 errors = [((a - b) ** 2).flatten(1).mean(1).tolist() for a, b in zip(outputs, reference_on)]
-                found = f"eval {torch.clamp(psnr(images, eval_reference), max=100.0).mean():.2f} dB" if evaluate else ""
+                scores = torch.clamp(psnr(images, eval_reference), max=100.0).tolist() if evaluate else None
+                found = f"eval {np.mean(scores):.2f} dB" if evaluate else ""
                 print(f"{steps} {budget:g} {name}: {found} ({time.time() - started:.1f} s)", file=sys.stderr)
-                return errors, None if images is None else torch.clamp(psnr(images, eval_reference), max=100.0).tolist()
+                return errors, scores
 
             for name in candidates:
                 if name in rows:   # measured by an earlier run of the same file (--resume)
@@ -251,63 +240,60 @@ def measure(args) -> list:
             for (m, n, b), rows in measured.items() if (m, n, b) not in others] + cells
 
 
+METHODS = ("layercache", "meancache", "taylorseer")
+HEADER = "| model | steps | budget | rule | LayerCache | MeanCache | TaylorSeer | margin |"
+
+
+def margin_line(cell: dict, rule: str, chosen: dict, totals: dict, extra: str = "") -> str:
+    """One (cell, rule) row: each method's chosen PSNR and LayerCache's margin to the better peer (kept in totals)."""
+    margin = chosen["layercache"] - max(chosen["meancache"], chosen["taylorseer"])
+    totals[rule].append(margin)
+    return (f"| {cell['model']} | {cell['steps']} | {cell['budget']:g} | {rule} | "
+            + "".join(f"{chosen[m]:.2f} | " for m in METHODS) + f"{margin:+.2f} |{extra}")
+
+
+def summary(totals: dict) -> list:
+    lines = ["", "| rule | cells ≥ best peer | lost | summed margin dB |", "|---|---|---|---|"]
+    for rule, margins in totals.items():
+        won = sum(m >= -1e-9 for m in margins)
+        lines.append(f"| {rule} | {won} | {len(margins) - won} | {sum(margins):+.2f} |")
+    return lines
+
+
 def report(cells: list) -> str:
     from layercache.planner import option_name, verified_options
 
-    lines = ["| model | steps | budget | rule | LayerCache | MeanCache | TaylorSeer | margin | oracle LC |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [HEADER + " oracle LC |", "|---|---|---|---|---|---|---|---|---|"]
     totals = {rule: [] for rule in RULES}
-    methods = ("layercache", "meancache", "taylorseer")
-    for cell in (c for c in cells if {r["method"] for r in c["candidates"].values()} >= set(methods)):
+    for cell in (c for c in cells if {r["method"] for r in c["candidates"].values()} >= set(METHODS)):
         for rule, (calls, aggregate, z, defaults) in RULES.items():
             chosen = {}
-            for method in methods:
+            for method in METHODS:
                 mine = {n.split(" ", 1)[1]: c for n, c in cell["candidates"].items() if c["method"] == method}
                 if method == "layercache":
                     first_round = {option_name(o) for o in verified_options(cell["steps"], cell["budget"])}
                     mine = as_plan_verified(mine, calls, aggregate, first_round)
                 chosen[method] = float(np.mean(choose(mine, calls, aggregate, z, defaults or "velocity")["eval_psnr"]))
             oracle = max(np.mean(c["eval_psnr"]) for c in cell["candidates"].values() if c["method"] == "layercache")
-            margin = chosen["layercache"] - max(chosen["meancache"], chosen["taylorseer"])
-            totals[rule].append(margin)
-            lines.append(f"| {cell['model']} | {cell['steps']} | {cell['budget']:g} | {rule} | "
-                         f"{chosen['layercache']:.2f} | {chosen['meancache']:.2f} | {chosen['taylorseer']:.2f} | "
-                         f"{margin:+.2f} | {oracle:.2f} |")
-    lines += ["", "| rule | cells ≥ best peer | lost | summed margin dB |", "|---|---|---|---|"]
-    for rule, margins in totals.items():
-        won = sum(m >= -1e-9 for m in margins)
-        lines.append(f"| {rule} | {won} | {len(margins) - won} | {sum(margins):+.2f} |")
-    return "\n".join(lines)
+            lines.append(margin_line(cell, rule, chosen, totals, f" {oracle:.2f} |"))
+    return "\n".join(lines + summary(totals))
 
 
 def recheck_report(cells: list) -> str:
     """Each of RECHECK_RULES applied to every tuned method alike, on the cells measured with --finalists: the
     evaluation PSNR of each method's choice and LayerCache's margin to the better peer."""
-    methods = ("layercache", "meancache", "taylorseer")
-    lines = ["| model | steps | budget | rule | LayerCache | MeanCache | TaylorSeer | margin |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [HEADER, "|---|---|---|---|---|---|---|---|"]
     totals = {rule: [] for rule in RECHECK_RULES}
     for cell in (c for c in cells if any("recheck_mse" in r for r in c["candidates"].values())):
+        rows = cell["candidates"]
+        order = {method: ranked(cell, method) for method in METHODS}
         for rule, (select, calls, rechecks) in RECHECK_RULES.items():
-            chosen = {}
-            for method in methods:
-                rows = cell["candidates"]
-                def final(n):
-                    errors = [rows[n]["calibration_mse"][i] for i in calls]
-                    errors += [rows[n]["recheck_mse"][i] for i in rechecks]
-                    return float(np.log(np.maximum(np.concatenate(errors), 1e-10)).mean())
-                best = min(select(rows, ranked(cell, method)), key=final)
-                chosen[method] = float(np.mean(rows[best]["eval_psnr"]))
-            margin = chosen["layercache"] - max(chosen["meancache"], chosen["taylorseer"])
-            totals[rule].append(margin)
-            lines.append(f"| {cell['model']} | {cell['steps']} | {cell['budget']:g} | {rule} | "
-                         f"{chosen['layercache']:.2f} | {chosen['meancache']:.2f} | {chosen['taylorseer']:.2f} | "
-                         f"{margin:+.2f} |")
-    lines += ["", "| rule | cells ≥ best peer | lost | summed margin dB |", "|---|---|---|---|"]
-    for rule, margins in totals.items():
-        won = sum(m >= -1e-9 for m in margins)
-        lines.append(f"| {rule} | {won} | {len(margins) - won} | {sum(margins):+.2f} |")
-    return "\n".join(lines)
+            def final(n):
+                errors = [rows[n]["calibration_mse"][i] for i in calls] + [rows[n]["recheck_mse"][i] for i in rechecks]
+                return float(np.log(np.maximum(np.concatenate(errors), 1e-10)).mean())
+            chosen = {m: float(np.mean(rows[min(select(rows, order[m]), key=final)]["eval_psnr"])) for m in METHODS}
+            lines.append(margin_line(cell, rule, chosen, totals))
+    return "\n".join(lines + summary(totals))
 
 
 def scored(cells: list) -> str:

@@ -191,9 +191,9 @@ def _fixed_interval(ctx, budget):
 NOT_WHAT_IT_COMPUTES = ("gamma", "k", "max_order", "calibration_error", "rechecked_error", "tuned_over")
 
 
-def computes(point: Cache) -> str:
-    """A point's family for `planner.recheck`: its settings but those in NOT_WHAT_IT_COMPUTES."""
-    return str(sorted((k, str(v)) for k, v in point.params.items() if k not in NOT_WHAT_IT_COMPUTES))
+def computes(params: dict) -> str:
+    """A point's family for `planner.recheck`, from its `params`: its settings but those in NOT_WHAT_IT_COMPUTES."""
+    return str(sorted((k, str(v)) for k, v in params.items() if k not in NOT_WHAT_IT_COMPUTES))
 
 
 def tune(ctx, points: list) -> Cache:
@@ -217,7 +217,8 @@ def tune(ctx, points: list) -> Cache:
     ranked = sorted(points, key=lambda p: p.params["calibration_error"])   # stable: ties keep the first
     best = ranked[0]
     if ctx.recheck_calls:
-        rechecked = recheck(ranked, lambda p: error_on(p, ctx.recheck_calls, recheck_reference), computes)
+        rechecked = recheck(ranked, lambda p: error_on(p, ctx.recheck_calls, recheck_reference),
+                            lambda p: computes(p.params))
         for point, error in rechecked.items():
             point.params["rechecked_error"] = error
         best = min(rechecked, key=rechecked.get)
