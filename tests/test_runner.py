@@ -8,6 +8,7 @@ import layercache as lc
 from layercache.hooks import is_enabled
 from layercache.methods import LayerCacheSetting, Uncached
 from layercache.models.tiny import TinyDigitPipeline
+from layercache.studio import runner as runner_module
 from layercache.studio.runner import LockstepRunner
 
 STEPS = 6
@@ -241,3 +242,15 @@ def test_a_diffusers_cache_on_the_cached_lane_stays_there():
     assert final["metrics"]["compute_fraction"] < 1.0  # it skipped blocks in the cached lane
     assert not runner.pipes["cached"].transformer.is_cache_enabled  # detached after the run
     assert np.array_equal(final["images"]["uncached"], image_alone(runner.pipes["uncached"], call))
+
+
+def test_a_lanes_clock_waits_for_the_kernels_it_queued_on_an_accelerator(monkeypatch):
+    # On a GPU the step callback fires once the kernels are launched; a clock read then would time the launch
+    waited = []
+    monkeypatch.setattr(torch.accelerator, "synchronize", lambda device=None: waited.append(device))
+    lane = runner_module._Lane.__new__(runner_module._Lane)  # the clock alone: no pipeline, no thread
+    lane.started = 0.0
+    lane._seconds(torch.zeros(1))
+    assert waited == []  # CPU work is done when the call returns: no sync
+    lane._seconds(torch.empty(1, device="meta"))
+    assert waited == [torch.device("meta")]

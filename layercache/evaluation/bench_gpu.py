@@ -13,6 +13,7 @@ Block costs are FLOPs measured on one step (torch's FlopCounterMode); the ideal 
 run's FLOPs over the cached run's, the work outside the blocks included.
 """
 
+import gc
 import statistics
 import time
 
@@ -201,6 +202,7 @@ def run(args):
     print(f"GPU: {gpu}, torch {torch.__version__}, bf16")
     for name in models:
         run_config(name, budgets, args.steps, args.groups, args.repeats)
-        if _cuda():
-            torch.cuda.empty_cache()  # the model was freed with run_config's frame: hand its memory back
+        if _cuda():  # the model sits in reference cycles (hook registries point back at their modules): collect
+            gc.collect()  # it now, or the next model's memory figures count this one's weights too
+            torch.cuda.empty_cache()
 

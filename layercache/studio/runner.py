@@ -3,7 +3,8 @@
 Each lane is the real pipeline `__call__` in its own thread, parked in `callback_on_step_end` after every
 step until the controller says "go": step i of one lane, then step i of the other, then an event. Only one lane
 runs at a time, so each lane's clock is honest (it stops while the other lane runs and
-while the app draws). Both lanes share one set of weights: the cached lane's transformer is a second module
+while the app draws; on a GPU it waits for the lane's queued kernels before it stops, so a step counts what it
+ran, not what it launched). Both lanes share one set of weights: the cached lane's transformer is a second module
 object over the very same parameter, buffer and other tensors (`shared_copy`), so it costs no weight memory, and
 since cache hooks live on module objects, the cache attached to it never runs in the uncached lane. Sharing the
 tensors also makes the lanes bit-identical when every cell is computed (same kernels on the same memory). The
@@ -62,8 +63,13 @@ class _Lane:
             raise Cancelled
         self.started = time.perf_counter()
 
+    def _seconds(self, tensor: torch.Tensor) -> float:
+        if tensor.device.type != "cpu":  # kernels run asynchronously: wait for this lane's before reading the clock
+            torch.accelerator.synchronize(tensor.device)
+        return time.perf_counter() - self.started
+
     def _on_step(self, pipe, i, t, tensors):
-        self.out.put(("step", time.perf_counter() - self.started, tensors))
+        self.out.put(("step", self._seconds(tensors["latents"]), tensors))
         self._wait_for_go()
         return {}
 
@@ -82,7 +88,7 @@ class _Lane:
             self._wait_for_go()
             images = self.pipe(**self.call, output_type="pt", callback_on_step_end=self._on_step,
                                callback_on_step_end_tensor_inputs=["latents"]).images
-            self.out.put(("done", time.perf_counter() - self.started, images))
+            self.out.put(("done", self._seconds(images), images))
         except Cancelled:
             self.out.put(("cancelled", 0.0, None))
         except BaseException as err:  # noqa: BLE001 - handed to the controller, which raises it
