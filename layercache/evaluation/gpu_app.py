@@ -48,7 +48,7 @@ FULL = {
 _KL4 = ("diffusers", "AutoencoderKL", None,
         dict(in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=4,
              norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False))
-TINY = {  # the same classes at widths of 16-32 (tests/hub_fixture.py's shapes), 32 x 32 px
+TINY = {  # the same classes at widths of 16-32, 32 x 32 px; 4 blocks each, so the default 4 groups run
     "qwen-image": dict(FULL["qwen-image"], text=(6, 32, None), size=32,
                        transformer=("diffusers", "QwenImageTransformer2DModel", None,
                                     dict(patch_size=2, in_channels=16, out_channels=4, num_layers=4,
@@ -64,7 +64,7 @@ TINY = {  # the same classes at widths of 16-32 (tests/hub_fixture.py's shapes),
                                        pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)))),
     "sd35-medium": dict(FULL["sd35-medium"], text=(6, 32, 64), size=32, vae=_KL4,
                         transformer=("diffusers", "SD3Transformer2DModel", None,
-                                     dict(sample_size=16, patch_size=2, in_channels=4, num_layers=3,
+                                     dict(sample_size=16, patch_size=2, in_channels=4, num_layers=4,
                                           attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
                                           caption_projection_dim=32, pooled_projection_dim=64, out_channels=4,
                                           qk_norm="rms_norm", dual_attention_layers=(0,)))),
