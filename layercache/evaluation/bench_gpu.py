@@ -48,6 +48,14 @@ def _sync():
         torch.cuda.synchronize()
 
 
+def release_model_memory():
+    """Hand a finished model's GPU memory back before the next one is measured. Models with hooks sit in reference
+    cycles (hook registries and lanes point back at their modules), so collect them first, or the next model's
+    memory figures count this one's weights too."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def build(name: str):
     import diffusers
 
@@ -202,7 +210,6 @@ def run(args):
     print(f"GPU: {gpu}, torch {torch.__version__}, bf16")
     for name in models:
         run_config(name, budgets, args.steps, args.groups, args.repeats)
-        if _cuda():  # the model sits in reference cycles (hook registries point back at their modules): collect
-            gc.collect()  # it now, or the next model's memory figures count this one's weights too
-            torch.cuda.empty_cache()
+        if _cuda():
+            release_model_memory()
 

@@ -15,7 +15,6 @@ median cost of one live preview, and the realized speed-up (uncached lane time /
 included) against the ideal one (FLOPs of the uncached run over the cached run's).
 """
 
-import gc
 import statistics
 import time
 
@@ -210,6 +209,5 @@ def run(args):
               f"{r['first_step_s']:>9.3f}s {1e3 * r['step_s']['uncached']:>11.1f}ms "
               f"{1e3 * r['step_s']['cached']:>9.1f}ms {1e3 * r['preview_s']:>6.2f}ms {r['realized']:>7.3f}x "
               f"{r['ideal']:>5.3f}x {r['realized'] / r['ideal']:>14.3f}", flush=True)
-        if device == "cuda":  # the pipelines sit in reference cycles (hooks, lanes): collect them now, or the
-            gc.collect()  # next model's memory figures count this one's weights too
-            torch.cuda.empty_cache()
+        if device == "cuda":
+            bench_gpu.release_model_memory()
