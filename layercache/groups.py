@@ -7,12 +7,16 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-# Block lists in execution order, and how the model's `timestep` argument relates to sigma.
+# Block lists in execution order, how the model's `timestep` argument relates to sigma, and the block inputs: the
+# submodules whose outputs only the blocks read (the text stream's embedder, the rotary positions), which a step that
+# reuses every group need not run (hooks.BlockInputHook; read off each model's forward in diffusers 0.42).
 MODEL_SPECS = {
-    "QwenImageTransformer2DModel": {"block_lists": ["transformer_blocks"], "timestep_per_sigma": 1.0},
+    "QwenImageTransformer2DModel": {"block_lists": ["transformer_blocks"], "timestep_per_sigma": 1.0,
+                                    "block_inputs": ["txt_norm", "txt_in", "pos_embed"]},
     "FluxTransformer2DModel": {"block_lists": ["transformer_blocks", "single_transformer_blocks"],
-                               "timestep_per_sigma": 1.0},
-    "SD3Transformer2DModel": {"block_lists": ["transformer_blocks"], "timestep_per_sigma": 1000.0},
+                               "timestep_per_sigma": 1.0, "block_inputs": ["context_embedder", "pos_embed"]},
+    "SD3Transformer2DModel": {"block_lists": ["transformer_blocks"], "timestep_per_sigma": 1000.0,
+                              "block_inputs": ["context_embedder"]},
 }
 
 

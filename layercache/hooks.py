@@ -31,6 +31,7 @@ from .telemetry import Telemetry
 
 _MODEL_HOOK = "layercache_model"
 _BLOCK_HOOK = "layercache_block"
+_INPUT_HOOK = "layercache_block_input"
 
 
 @dataclass
@@ -54,6 +55,8 @@ class LayerCacheState(BaseState):
         self.sigma = self.sigma_next = None
         self.row = None
         self.passthrough = False
+        self.stack_reused = False   # does this call reuse every group (no block runs)?
+        self.block_inputs = {}      # block input module name -> its output on this generation's last run of it
         self.computing = True  # is the current group being computed (vs reused)?
         self.group_input = None
         self.reused = None     # (hidden, encoder) a reused group's first block returned
@@ -168,7 +171,7 @@ class LayerCacheModelHook(ModelHook):
             state = self.state_manager.get_state()
             if kwargs.get("skip_layers") is not None:
                 # SD3 skip-layer guidance: an extra call at the same step; run it uncached, touch no state
-                state.passthrough = True
+                state.passthrough, state.stack_reused = True, False
                 try:
                     return self.fn_ref.original_forward(*args, **kwargs)
                 finally:
@@ -176,6 +179,7 @@ class LayerCacheModelHook(ModelHook):
             step, sigma = self.steps.advance(state, args, kwargs)
             state.sigma_next = self.schedule.sigmas[step + 1] if step + 1 < self.schedule.num_steps else 0.0
             state.row = self.schedule.cells[step]
+            state.stack_reused = not any(_computes(state, g) for g in range(len(state.row)))
             if self.telemetry.enabled:
                 self.telemetry.begin_call(self.state_manager.context.name, step, sigma, state.row)
             if not self.velocity_steps:
@@ -197,6 +201,26 @@ class LayerCacheModelHook(ModelHook):
     def reset_state(self, module):
         self.state_manager.reset()
         return module
+
+
+class BlockInputHook(ModelHook):
+    """On a submodule whose output only the blocks read (`MODEL_SPECS`' block inputs: the text stream's embedder,
+    the rotary positions): on a call that reuses every group nothing reads it, so it returns what it returned last
+    in this generation instead of running. Part of the floor a reused step pays beyond its blocks (issue 10, item
+    5); exact, since no block runs. Its last output stays the right value too: these inputs (the prompt's
+    embeddings, the token positions) do not change between the steps of one generation."""
+
+    def __init__(self, state_manager: StateManager, name: str):
+        super().__init__()
+        self.state_manager, self.name = state_manager, name
+
+    def new_forward(self, module, *args, **kwargs):
+        state = self.state_manager.get_state()
+        if state.stack_reused and self.name in state.block_inputs:
+            return state.block_inputs[self.name]
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        state.block_inputs[self.name] = output
+        return output
 
 
 class LayerCacheBlockHook(ModelHook):
@@ -347,6 +371,11 @@ def apply_layer_cache(transformer: torch.nn.Module, config: LayerCacheConfig) ->
         for index in members:
             hook = LayerCacheBlockHook(state_manager, g, index == members[0], index == members[-1], config, telemetry)
             HookRegistry.check_if_exists_or_initialize(blocks[index][1]).register_hook(hook, _BLOCK_HOOK)
+    if any(not any(c.compute for c in row) for i, row in enumerate(schedule.cells) if i not in velocity):
+        for name in spec["block_inputs"]:   # some call reuses every group: it need not run the blocks' inputs
+            module = transformer.get_submodule(name)
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(BlockInputHook(state_manager, name),
+                                                                             _INPUT_HOOK)
     model_hook = LayerCacheModelHook(state_manager, schedule, telemetry, spec["timestep_per_sigma"])
     registry.register_hook(model_hook, _MODEL_HOOK)
     registry.invalidate_child_registries_cache()
@@ -360,6 +389,9 @@ def remove_layer_cache(transformer: torch.nn.Module) -> None:
     registry.remove_hook(_MODEL_HOOK, recurse=False)
     for _, block in find_blocks(transformer):
         HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)  # no-op if absent
+    for name in model_spec(transformer)["block_inputs"]:
+        HookRegistry.check_if_exists_or_initialize(transformer.get_submodule(name)).remove_hook(_INPUT_HOOK,
+                                                                                                recurse=False)
     registry.invalidate_child_registries_cache()
 
 

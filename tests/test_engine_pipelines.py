@@ -59,6 +59,7 @@ def test_cached_runs_repeat_and_disable_restores(name):
     assert torch.isfinite(first).all()
     assert torch.equal(run(pipe, kwargs), reference)
     assert not lc.is_enabled(pipe.transformer)
+    assert not any(hasattr(m, "_diffusers_hook") and m._diffusers_hook.hooks for m in pipe.transformer.modules())
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -85,6 +86,48 @@ def test_text_stream_left_unpredicted_where_no_later_group_reads_it(name, monkey
         lc.disable(pipe)
     assert False in calls   # the skip happened
     assert torch.equal(skipping, predicting)
+
+
+@pytest.mark.parametrize("reuse", ["residuals", "outputs"])
+@pytest.mark.parametrize("name", NAMES)
+def test_block_inputs_not_run_on_steps_that_reuse_every_group(name, reuse, monkeypatch):
+    """On a call that reuses every group no block reads the text embedder's or the rotary positions' output, so they
+    do not run (the floor of residual reuse): the images equal those of a run that runs them on every call."""
+    from layercache.groups import model_spec
+    pipe, kwargs, cal = setup(name)
+    schedule = lc.plan(cal, 0.5, reuse=reuse)
+    fully_reused = sum(not any(cell.compute for cell in row) for row in schedule.cells)
+    assert fully_reused > 0
+    names = model_spec(pipe.transformer)["block_inputs"]
+    runs = {n: 0 for n in names}
+    for n in names:   # count the module's own forward (the hook wraps the instance attribute, restored below)
+        module = pipe.transformer.get_submodule(n)
+        original = module.forward
+
+        def counted(*args, _n=n, _original=original, **kw):
+            runs[_n] += 1
+            return _original(*args, **kw)
+        monkeypatch.setattr(module, "forward", counted)
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        lc.enable(pipe, schedule)
+        try:
+            skipping = run(pipe, kwargs)
+        finally:
+            lc.disable(pipe)
+        skipped = {n: len(calls) - count for n, count in runs.items()}
+        monkeypatch.setitem(model_spec(pipe.transformer), "block_inputs", [])
+        lc.enable(pipe, schedule)
+        try:
+            running = run(pipe, kwargs)
+        finally:
+            lc.disable(pipe)
+    finally:
+        handle.remove()
+    per_step = len(calls) // 2 // STEPS   # calls per step (CFG branches)
+    assert skipped == {n: fully_reused * per_step for n in names}
+    assert torch.equal(skipping, running)
 
 
 @pytest.mark.parametrize("allocation", ["steps", "groups"])
