@@ -166,17 +166,18 @@ def test_pareto_figure_draws_every_model_and_method_once_per_step_count():
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-flux"])
 def test_overheads_floor_swaps_the_blocks_out_and_back(model):
-    """`overhead` times the transformer without its blocks (the floor of residual reuse): inside, every block is a
-    pass-through (the output is the embeddings through the output layer); after, the very same blocks are back."""
+    """`overhead` times the transformer without its blocks and their inputs (the floor of residual reuse): inside,
+    every block is a pass-through and every block input runs once; after, the very same modules are back."""
     import torch
 
     from layercache.evaluation.overhead import blocks_removed
-    from layercache.groups import find_blocks
+    from layercache.groups import find_blocks, model_spec
     from layercache.models.registry import load_pipeline
 
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     before = find_blocks(pipe.transformer)
+    inputs = {name: pipe.transformer.get_submodule(name) for name in model_spec(pipe.transformer)["block_inputs"]}
 
     def image():
         generator = torch.Generator().manual_seed(0)
@@ -185,6 +186,8 @@ def test_overheads_floor_swaps_the_blocks_out_and_back(model):
     reference = image()
     with blocks_removed(pipe.transformer):
         assert all(type(b).__name__ == "_PassThrough" for _, b in find_blocks(pipe.transformer))
+        assert all(type(pipe.transformer.get_submodule(name)).__name__ == "_Memo" for name in inputs)
         assert not torch.equal(image(), reference)
     assert [(n, id(b)) for n, b in find_blocks(pipe.transformer)] == [(n, id(b)) for n, b in before]
+    assert all(pipe.transformer.get_submodule(name) is module for name, module in inputs.items())
     assert torch.equal(image(), reference)

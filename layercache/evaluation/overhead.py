@@ -8,8 +8,9 @@ velocity steps (`plan(..., objective="outputs", velocity=True)`: a reused step c
 calibration) against the ideal one, 1 / executed compute fraction (target: LayerCache within 10% of ideal and not
 below MeanCache by more than noise). Then what one transformer call costs (median over the calls of one image at the
 lowest budget): a computed call, a call whose groups are all reused from their residuals, a velocity call, and the
-transformer with its blocks swapped for pass-throughs (its own embeddings and output layer: the floor of residual
-reuse, which no hook can remove).
+transformer with its blocks swapped for pass-throughs and their inputs (text embedder, rotary positions) not run: its
+latent and timestep embeddings and output layer, the floor of residual reuse, which no hook can remove (a reused
+call needs them to turn the predicted stream into a velocity).
 """
 
 import contextlib
@@ -20,7 +21,7 @@ import torch
 from diffusers.hooks._helpers import TransformerBlockRegistry
 
 from ..calibrate import Calibration
-from ..groups import find_blocks
+from ..groups import find_blocks, model_spec
 from ..meancache import meancache_schedule
 from ..methods import LayerCacheSetting, MeanCacheSetting, Uncached
 from ..models.registry import get_entry, load_pipeline, shipped_calibration
@@ -42,6 +43,19 @@ def validate(args) -> list[float]:
     return parse_budgets(args.budgets)
 
 
+class _Memo(torch.nn.Module):
+    """A block input that runs once and then returns that output: what a reused call costs of it (nothing)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.output = module, None
+
+    def forward(self, *args, **kwargs):
+        if self.output is None:
+            self.output = self.module(*args, **kwargs)
+        return self.output
+
+
 class _PassThrough(torch.nn.Module):
     """A block that returns its inputs, in its block's output order."""
 
@@ -60,15 +74,18 @@ class _PassThrough(torch.nn.Module):
 
 @contextlib.contextmanager
 def blocks_removed(transformer):
-    """The transformer with every block swapped for a pass-through, restored on exit."""
-    blocks = find_blocks(transformer)
+    """The transformer with every block swapped for a pass-through and the blocks' inputs (`MODEL_SPECS`) run only
+    once, restored on exit: the floor of a call that reuses every group (`hooks.BlockInputHook`)."""
+    swapped = [(name, block, _PassThrough(block)) for name, block in find_blocks(transformer)]
+    swapped += [(name, transformer.get_submodule(name), _Memo(transformer.get_submodule(name)))
+                for name in model_spec(transformer)["block_inputs"]]
     try:
-        for name, block in blocks:
-            transformer.set_submodule(name, _PassThrough(block))
+        for name, _, stand_in in swapped:
+            transformer.set_submodule(name, stand_in)
         yield
     finally:
-        for name, block in blocks:
-            transformer.set_submodule(name, block)
+        for name, module, _ in swapped:
+            transformer.set_submodule(name, module)
 
 
 def call_times(pipe, steps: int) -> list[float]:
@@ -87,7 +104,7 @@ def call_times(pipe, steps: int) -> list[float]:
 
 def call_costs(pipe, schedules: dict, budget: float, steps: int, repeats: int) -> dict:
     """Median ms of a computed call, a fully residual-reused call, a velocity call and a call without blocks."""
-    found = {"computed": [], "reused (residuals)": [], "velocity": [], "no blocks (the floor)": []}
+    found = {"computed": [], "reused (residuals)": [], "velocity": [], "the floor": []}
     for _ in range(repeats):
         for method in ("layercache", "velocity"):
             schedule = schedules[f"{method} {budget}"]
@@ -104,7 +121,7 @@ def call_costs(pipe, schedules: dict, budget: float, steps: int, repeats: int) -
                 if i > 0:   # the first step also builds the caches
                     found[kind] += times[i * per_step:(i + 1) * per_step]
         with blocks_removed(pipe.transformer):
-            found["no blocks (the floor)"] += call_times(pipe, steps)[per_step:]
+            found["the floor"] += call_times(pipe, steps)[per_step:]
     return {kind: 1e3 * statistics.median(values) for kind, values in found.items() if values}
 
 
