@@ -8,7 +8,8 @@ the predicted residual; the other blocks of a reused group pass their inputs thr
 last K *computed* residuals (its anchors), never predicted ones (docs/design.md, "Predictors"); under a schedule's
 `reuse="outputs"` it holds the group's outputs, and a reused group returns its predicted output. On a schedule's
 velocity steps the model hook calls nothing and predicts the transformer's output from its log of outputs, as
-MeanCache does (docs/design.md, "Velocity steps").
+MeanCache does (docs/design.md, "Velocity steps"). On a call that reuses every group the blocks' inputs (text
+embedder, rotary positions) return their last output instead of running: nothing reads them there.
 """
 
 import contextlib
