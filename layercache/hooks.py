@@ -388,11 +388,11 @@ def remove_layer_cache(transformer: torch.nn.Module) -> None:
     if registry.get_hook(_MODEL_HOOK) is None:
         raise ValueError("LayerCache is not enabled on this transformer")
     registry.remove_hook(_MODEL_HOOK, recurse=False)
-    for _, block in find_blocks(transformer):
-        HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)  # no-op if absent
-    for name in model_spec(transformer)["block_inputs"]:
-        HookRegistry.check_if_exists_or_initialize(transformer.get_submodule(name)).remove_hook(_INPUT_HOOK,
-                                                                                                recurse=False)
+    hooked = [(block, _BLOCK_HOOK) for _, block in find_blocks(transformer)]
+    hooked += [(transformer.get_submodule(name), _INPUT_HOOK) for name in model_spec(transformer)["block_inputs"]]
+    for module, hook_name in hooked:   # only registries that exist: a module never hooked is left as it was
+        if hasattr(module, "_diffusers_hook"):
+            module._diffusers_hook.remove_hook(hook_name, recurse=False)   # a no-op where this hook is absent
     registry.invalidate_child_registries_cache()
 
 
