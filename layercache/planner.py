@@ -409,14 +409,32 @@ def _least_sum(pairs: np.ndarray, exhaustive_limit: int = 20000) -> list[int]:
 
 # ---------------------------------------------------------------- checked end to end
 
+def image_errors(outputs: list, reference: list) -> np.ndarray:
+    """The log of each image's mean squared distance to its uncached image (floored at 1e-10, where the benchmark caps
+    PSNR at 100 dB): −PSNR / 10·ln 10 per image, in the calls' order."""
+    return np.concatenate([np.log(np.maximum(((a - b) ** 2).flatten(1).mean(1).double().cpu().numpy(), 1e-10))
+                           for a, b in zip(outputs, reference)])
+
+
 def output_error(outputs: list, reference: list) -> float:
     """The end-to-end check: the mean over every image of the log of its mean squared distance to the uncached
-    image. The log makes it the figure a mean PSNR averages (PSNR = −10·log10 MSE on images in [0, 1]; floored at
-    1e-10, where the benchmark caps PSNR at 100 dB), so plans rank as their mean PSNR ranks them; in the mean of the
-    squared distances one image far off outweighs every other."""
-    per_image = np.concatenate([((a - b) ** 2).flatten(1).mean(1).double().cpu().numpy()
-                                for a, b in zip(outputs, reference)])
-    return float(np.log(np.maximum(per_image, 1e-10)).mean())
+    image (`image_errors`). The log makes it the figure a mean PSNR averages, so plans rank as their mean PSNR ranks
+    them; in the mean of the squared distances one image far off outweighs every other."""
+    return float(image_errors(outputs, reference).mean())
+
+
+# How far ahead, in standard errors of the mean paired per-image difference, a plan must be on the calibration calls
+# to be rechecked instead of its family's velocity plan (the same computed steps, the reused ones not calling the
+# transformer at all, so faster by the floor a reused call pays; docs/design.md, "Planner").
+BEYOND_NOISE_SE = 2.0
+
+
+def clearly_better(errors: np.ndarray, than: np.ndarray) -> bool:
+    """Are per-image `errors` lower than `than` (the same images, paired) by more than BEYOND_NOISE_SE standard errors
+    of the mean difference?"""
+    difference = np.asarray(errors) - np.asarray(than)
+    spread = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
+    return bool(difference.mean() < -BEYOND_NOISE_SE * spread) and bool(difference.mean() < 0)
 
 
 def reference_outputs(pipe, calls: list, num_inference_steps: int) -> list:
@@ -434,18 +452,22 @@ def reference_outputs(pipe, calls: list, num_inference_steps: int) -> list:
 RECHECK_FINALISTS = 4
 
 
-def recheck(ranked: list, recheck_error, family=lambda setting: setting) -> dict:
+def recheck(ranked: list, recheck_error, family=lambda setting: setting, prefer=lambda best: best) -> dict:
     """The finalists' errors on the recheck calls alone (`recheck_error(c)`, run only for them): the best of each of
     the RECHECK_FINALISTS best families in `ranked` (best first on the first calls). A family is the settings that
     compute the same cells and differ only in how they predict the others (`family(c)`; default: each setting its
     own). Why families: at `tiny` 20 / 0.2 the four best plans were one step choice with four predictors, the lucky
     one on the calibration images, and MeanCache's plan (1.5 dB better on the evaluation images) never ran again.
     Why the recheck images alone: the first round chose its finalists on the calibration images, so on those they
-    lead by luck as well (docs/design.md, "Planner"). `plan_verified` and the benchmark's tuning choose with it."""
+    lead by luck as well (docs/design.md, "Planner"). `prefer(best)`: the setting a family is rechecked with, given
+    its best (`plan_verified`: its velocity plan, unless the best is clearly better). `plan_verified` and the
+    benchmark's tuning choose with it."""
     best = {}
     for setting in ranked:
-        best.setdefault(family(setting), setting)
-    return {c: recheck_error(c) for c in list(best.values())[:RECHECK_FINALISTS]}
+        if family(setting) not in best:
+            best[family(setting)] = setting
+    best = {key: prefer(setting) for key, setting in list(best.items())[:RECHECK_FINALISTS]}
+    return {c: recheck_error(c) for c in best.values()}
 
 
 # Whole steps chosen on the residuals (squared and absolute errors), on the outputs, evenly spread and in a regular
@@ -499,8 +521,10 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     uncached ones (`reference`, from `reference_outputs`; computed if not given). Then the `refine` best plans'
     steps are tried again with each of `fixed_predictors` on every reused cell. With `recheck_calls` (other inputs,
     never evaluation ones), the best plan of each of the RECHECK_FINALISTS best families (plans computing the same
-    cells) runs on them too and the one of least error on them is kept (`recheck`). Option sets that cannot reach
-    the budget are skipped; argument errors reach the caller. `progress(done, total)` is called before each run.
+    cells; the family's velocity plan instead where that best is not `clearly_better` on the calibration calls: the
+    same steps, faster) runs on them too and the one of least error on them is kept (`recheck`). Option sets that
+    cannot reach the budget are skipped; argument errors reach the caller. `progress(done, total)` is called before
+    each run.
 
     Example:
         >>> schedule = plan_verified(pipe, cal, 0.5, calls)     # the calls `cal` was calibrated on
@@ -515,7 +539,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     candidates = verified_options(steps, budget) if candidates is None else list(candidates)
     if reference is None:
         reference = reference_outputs(pipe, calls, steps)
-    tried, seen, plans = {}, {}, {}
+    tried, seen, plans, per_image = {}, {}, {}, {}
     allowed = allowed_candidates(calibration, options.get("max_k"), options.get("predictors"))
     fixed = [f for f in fixed_predictors if fits(f, options.get("max_k"), options.get("predictors"))
              and "fixed" not in options]
@@ -548,7 +572,8 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
             tried[name] = tried[seen[cells]]
             return
         seen[cells] = name
-        tried[name], plans[name] = output_error(run(schedule, calls), reference), (option, schedule)
+        per_image[name], plans[name] = image_errors(run(schedule, calls), reference), (option, schedule)
+        tried[name] = float(per_image[name].mean())
 
     for index, option in enumerate(candidates):
         check(option, index)
@@ -572,8 +597,17 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         def computes(name: str) -> str:
             return str([[cell.compute for cell in row] for row in plans[name][1].cells])
 
+        def velocity_unless_clearly_worse(name: str) -> str:
+            """The family's best velocity plan where `name` (its best) is not clearly better on the first calls: the
+            same computed steps, a reused one calling nothing instead of the transformer's floor."""
+            siblings = [n for n in sorted(plans, key=tried.get) if computes(n) == computes(name)
+                        and plans[n][1].velocity_steps]
+            if not siblings or clearly_better(per_image[name], per_image[siblings[0]]):
+                return name
+            return siblings[0]
+
         ran = []
-        rechecked = recheck(sorted(plans, key=tried.get), recheck_error, computes)
+        rechecked = recheck(sorted(plans, key=tried.get), recheck_error, computes, velocity_unless_clearly_worse)
         chosen = min(rechecked, key=rechecked.get)
     best = plans[chosen][1]
     best.meta["verified"] = {"calibration_error": tried, "calls": len(calls), "chosen": chosen}

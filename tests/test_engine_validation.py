@@ -371,46 +371,96 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     assert untouched(tiny_pipe)
 
 
-def test_recheck_runs_the_best_plan_of_each_best_family_and_chooses_on_the_recheck_images(tiny_pipe):
+@pytest.mark.parametrize("beyond_noise", [2.0, 0.0, float("inf")])
+def test_recheck_runs_the_best_plan_of_each_best_family_and_chooses_on_the_recheck_images(tiny_pipe, monkeypatch,
+                                                                                        beyond_noise):
     """With recheck calls, plan_verified runs the best plan of each of its RECHECK_FINALISTS best families (plans that
-    compute the same cells) on them and keeps the one of least error on those images alone."""
+    compute the same cells) on them, or that family's velocity plan where the best is not clearly better on the
+    calibration calls (by BEYOND_NOISE_SE standard errors: the default, 0 and inf take each branch), and keeps the
+    one of least error on the recheck images alone."""
+    from layercache import planner
     from layercache.planner import (
         RECHECK_FINALISTS,
         VERIFIED_OPTIONS,
         OutOfReach,
+        clearly_better,
+        image_errors,
         option_name,
-        output_error,
         plan_verified,
         reference_outputs,
     )
 
+    monkeypatch.setattr(planner, "BEYOND_NOISE_SE", beyond_noise)
     steps, calls, recheck = 10, [{"label": [1, 7], "seed": 5}], [{"label": [2, 9, 4], "seed": 6}]
     cal = lc.calibrate(tiny_pipe, calls, steps, num_groups=4)
     reference, recheck_reference = reference_outputs(tiny_pipe, calls, steps), reference_outputs(tiny_pipe, recheck,
                                                                                                    steps)
-    plans = {}
-    for option in VERIFIED_OPTIONS:   # the candidates by name, with the cells each computes
+    schedules = {}
+    for option in VERIFIED_OPTIONS:   # the candidates by name
         try:
-            plans[option_name(option)] = str([[c.compute for c in row] for row in lc.plan(cal, 0.4, **option).cells])
+            schedules[option_name(option)] = lc.plan(cal, 0.4, **option)
         except OutOfReach:
             pass
+    computes = {name: str([[c.compute for c in row] for row in s.cells]) for name, s in schedules.items()}
+
+    def errors(name, on_calls, on_reference):
+        lc.enable(tiny_pipe, schedules[name], telemetry=False)
+        try:
+            return image_errors(reference_outputs(tiny_pipe, on_calls, steps), on_reference)
+        finally:
+            lc.disable(tiny_pipe)
+
     chosen = plan_verified(tiny_pipe, cal, 0.4, calls, reference=reference, recheck_calls=recheck,
                            candidates=VERIFIED_OPTIONS, refine=0)   # eight plans, five families: some left out
     verified = chosen.meta["verified"]
     tried, rechecked = verified["calibration_error"], verified["rechecked_error"]
+    ranked = sorted(tried, key=tried.get)   # ties: as plan_verified ranks them (the first option first)
     families = {}
-    for name in sorted(tried, key=tried.get):   # ties: as plan_verified ranks them (the first option first)
-        families.setdefault(plans[name], name)
+    for name in ranked:
+        families.setdefault(computes[name], name)
     assert len(set(tried.values())) > len(families) > RECHECK_FINALISTS
-    assert sorted(rechecked, key=tried.get) == list(families.values())[:RECHECK_FINALISTS]
+    finalists = []
+    for family, best in list(families.items())[:RECHECK_FINALISTS]:
+        velocity = [n for n in ranked if computes[n] == family and schedules[n].velocity_steps]
+        if velocity and not clearly_better(errors(best, calls, reference), errors(velocity[0], calls, reference)):
+            best = velocity[0]
+        finalists.append(best)
+    assert sorted(rechecked) == sorted(finalists)
+    if beyond_noise == float("inf"):   # a family with a velocity plan is rechecked with it
+        assert any(schedules[n].velocity_steps for n in finalists)
     assert verified["chosen"] == min(rechecked, key=rechecked.get)
-    lc.enable(tiny_pipe, chosen, telemetry=False)
-    try:
-        images = reference_outputs(tiny_pipe, recheck, steps)
-    finally:
-        lc.disable(tiny_pipe)
-    assert output_error(images, recheck_reference) == pytest.approx(rechecked[verified["chosen"]])
+    assert float(errors(verified["chosen"], recheck, recheck_reference).mean()) == pytest.approx(
+        rechecked[verified["chosen"]])
     assert untouched(tiny_pipe)
+
+
+def test_clearly_better_asks_for_a_paired_lead_beyond_noise(monkeypatch):
+    """A plan is clearly better when its mean paired per-image lead exceeds BEYOND_NOISE_SE standard errors."""
+    from layercache import planner
+
+    base = np.array([-10.0, -9.0, -11.0, -10.5])
+    assert planner.clearly_better(base - 1.0, base)                      # ahead on every image by the same amount
+    assert not planner.clearly_better(base, base)                         # level
+    assert not planner.clearly_better(base + 0.1, base)                   # behind
+    noisy = base + np.array([-2.0, 1.5, -1.0, 0.9])                       # mean lead 0.15, SE ~0.8
+    assert not planner.clearly_better(noisy, base)
+    monkeypatch.setattr(planner, "BEYOND_NOISE_SE", 0.0)
+    assert planner.clearly_better(noisy, base)                            # any lead counts at zero standard errors
+
+
+def test_recheck_asks_prefer_only_for_the_finalist_families():
+    from layercache.planner import RECHECK_FINALISTS, recheck
+
+    ranked = [f"plan{i}" for i in range(12)]
+    asked = []
+
+    def prefer(best):
+        asked.append(best)
+        return best + "'"
+
+    errors = recheck(ranked, lambda name: float(len(name)), lambda name: int(name[4:]) % 6, prefer)
+    assert asked == ranked[:RECHECK_FINALISTS]
+    assert list(errors) == [name + "'" for name in ranked[:RECHECK_FINALISTS]]
 
 
 def test_the_check_scores_what_a_mean_psnr_averages():
