@@ -411,7 +411,7 @@ def _least_sum(pairs: np.ndarray, exhaustive_limit: int = 20000) -> list[int]:
 
 def image_errors(outputs: list, reference: list) -> np.ndarray:
     """The log of each image's mean squared distance to its uncached image (floored at 1e-10, where the benchmark caps
-    PSNR at 100 dB): −PSNR / 10·ln 10 per image, in the calls' order."""
+    PSNR at 100 dB): −PSNR · ln(10) / 10 per image, in the calls' order."""
     return np.concatenate([np.log(np.maximum(((a - b) ** 2).flatten(1).mean(1).double().cpu().numpy(), 1e-10))
                            for a, b in zip(outputs, reference)])
 
@@ -464,8 +464,7 @@ def recheck(ranked: list, recheck_error, family=lambda setting: setting, prefer=
     benchmark's tuning choose with it."""
     best = {}
     for setting in ranked:
-        if family(setting) not in best:
-            best[family(setting)] = setting
+        best.setdefault(family(setting), setting)
     best = {key: prefer(setting) for key, setting in list(best.items())[:RECHECK_FINALISTS]}
     return {c: recheck_error(c) for c in best.values()}
 
