@@ -593,20 +593,19 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
             ran.append(name)
             return output_error(run(plans[name][1], recheck_calls), recheck_reference)
 
-        def computes(name: str) -> str:
-            return str([[cell.compute for cell in row] for row in plans[name][1].cells])
+        ranked = sorted(plans, key=tried.get)
+        family = {n: str([[cell.compute for cell in row] for row in plans[n][1].cells]) for n in ranked}
 
         def velocity_unless_clearly_worse(name: str) -> str:
             """The family's best velocity plan where `name` (its best) is not clearly better on the first calls: the
             same computed steps, a reused one calling nothing instead of the transformer's floor."""
-            siblings = [n for n in sorted(plans, key=tried.get) if computes(n) == computes(name)
-                        and plans[n][1].velocity_steps]
+            siblings = [n for n in ranked if family[n] == family[name] and plans[n][1].velocity_steps]
             if not siblings or clearly_better(per_image[name], per_image[siblings[0]]):
                 return name
             return siblings[0]
 
         ran = []
-        rechecked = recheck(sorted(plans, key=tried.get), recheck_error, computes, velocity_unless_clearly_worse)
+        rechecked = recheck(ranked, recheck_error, family.get, velocity_unless_clearly_worse)
         chosen = min(rechecked, key=rechecked.get)
     best = plans[chosen][1]
     best.meta["verified"] = {"calibration_error": tried, "calls": len(calls), "chosen": chosen}
