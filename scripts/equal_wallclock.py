@@ -11,6 +11,7 @@ range is not read: no extrapolation). Printed per cell: LayerCache's point, the 
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -33,10 +34,10 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     ahead = behind = unread = 0
     for path in args.files:
-        found = json.load(open(path))
+        found = json.loads(Path(path).read_text())
         meta, records = found["meta"], found["records"]
-        peers = sorted({r["method"] for r in records} - {"uncached"} - {m for m in {r["method"] for r in records}
-                                                                         if m.startswith("layercache")})
+        peers = sorted({r["method"] for r in records} - {"uncached"})
+        peers = [p for p in peers if not p.startswith("layercache")]   # ablations of LayerCache are not its peers
         for ours in (r for r in records if r["method"] == "layercache" and r["speedup_wall"]):
             read = {p: peer_at(records, p, ours["speedup_wall"]) for p in peers}
             read = {p: v for p, v in read.items() if v is not None}

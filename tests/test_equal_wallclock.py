@@ -1,21 +1,15 @@
 """scripts/equal_wallclock.py: a peer's curve is read between its measured points only, never extrapolated."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "equal_wallclock.py"
+from scripts_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("equal_wallclock", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("equal_wallclock")
 
 
 def record(method, budget, wall, psnr):

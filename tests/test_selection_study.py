@@ -1,21 +1,15 @@
 """scripts/selection_study.py's offline scoring: it must pick among the candidates `plan_verified` actually runs,
 with the rule it names, or the study's figures say nothing about the benchmark."""
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "selection_study.py"
+from scripts_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("selection_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("selection_study")
 
 
 def candidate(errors, psnr=30.0):
