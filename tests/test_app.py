@@ -217,6 +217,8 @@ def test_every_budget_the_slider_offers_plans_for_every_method(steps, tmp_path, 
                     assert schedule.num_steps == steps
                     assert schedule.compute_fraction <= max(budget + 0.5 / steps, 1 / steps) + 1e-9
                     assert schedule.max_k <= max_k or not app.METHODS[method].uses_k
+                if method == "LayerCache":   # the finalists ran again on inputs they were not chosen on
+                    assert cached.params["rechecked"]
 
 
 def test_results_are_labelled_figures_and_the_history_comes_with_the_run(client):
@@ -299,3 +301,19 @@ def test_a_full_queue_says_so(tmp_path):
         assert errors and all("queue is full" in e.lower() for e in errors), errors
     finally:
         demo.close()
+
+
+def test_the_app_grid_script_compares_methods_through_the_server(client, tmp_path, capsys):
+    from scripts_loader import load_script
+
+    grid = load_script("app_grid")
+    out = tmp_path / "grid.json"
+    grid.main(["--url", client.src, "--models", "tiny", "--steps", str(STEPS), "--budgets", "1,0.5",
+               "--inputs", "7:900,3:901", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["steps"], r["budget"]) for r in rows] == [(STEPS, 1.0), (STEPS, 0.5)]
+    assert all(math.isinf(p) for psnr in rows[0]["psnr_db"].values() for p in psnr)   # all computed: exact
+    assert all(len(psnr) == 2 and all(math.isfinite(p) for p in psnr) for psnr in rows[1]["psnr_db"].values())
+    assert f"| {STEPS} | 0.5 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):   # a calibration seed is not an evaluation input
+        grid.parse(["--inputs", "7:2"])

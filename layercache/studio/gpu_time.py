@@ -6,8 +6,8 @@ step, all CFG branches), plus a fixed allowance (moving weights onto the GPU, te
 
 - a run: both lanes' steps; its first run of a (model, steps, groups) setting with no calibration on disk also
   calibrates, on every calibration call; LayerCache's first run of a budget also checks its candidate plans end to
-  end (`planner.plan_verified`: a reference run and each candidate, on one call). All of it inside the same call,
-  so the call asks for all of it.
+  end (`planner.plan_verified`: a reference run and each candidate on one call, then a reference run and the
+  finalists on a second call). All of it inside the same call, so the call asks for all of it.
 - the planner's schedule for the editor: the same calibration and plan check, no lanes.
 - a painted schedule: both lanes; Explore: one uncached run.
 
@@ -15,13 +15,14 @@ The bundled model (CPU) and models without a step figure take the fixed `default
 will refuse also take it: the call then fails at once with its own message.
 """
 
-from ..planner import FIXED_PREDICTORS, PEER_PATTERNS, VERIFIED_OPTIONS, pattern_options
+from ..planner import FIXED_PREDICTORS, PEER_PATTERNS, RECHECK_FINALISTS, VERIFIED_OPTIONS, pattern_options
 from .space import defaults, serve
 
 ALLOWANCE_S = 30
-# reference + candidates + TaylorSeer's regular patterns (`verified_options`) + refinements
+# reference + candidates + TaylorSeer's regular patterns (`verified_options`) + refinements, then the recheck call's
+# reference + finalists (`workbench.verified_plan`)
 PLAN_CHECK_RUNS = (1 + len(VERIFIED_OPTIONS) + PEER_PATTERNS * len(pattern_options((1, 1)))
-                   + 3 * len(FIXED_PREDICTORS))
+                   + 3 * len(FIXED_PREDICTORS) + 1 + RECHECK_FINALISTS)
 
 
 def _seconds(key, steps, runs) -> int:
