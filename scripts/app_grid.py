@@ -7,8 +7,8 @@ Starts the app on a free port, presses Run (`/run` through gradio_client) for ev
 method and input (digit:seed; seeds disjoint from calibration, 1-6, and from the benchmark's, 100-199), with the
 app's own defaults for everything else (guidance, groups, largest K), and prints each cell's mean PSNR of the cached
 lane against the uncached lane of the same run, with the paired difference of the first two methods and its standard
-error over the inputs. Planning happens in the app as a user's first run of a setting makes it (`plan_verified` on
-the app's two calibration images; no recheck).
+error over the inputs. Planning happens in the app as a user's first run of a setting makes it
+(`studio/workbench.verified_plan`: `plan_verified` on two calibration images, the finalists rechecked on ten more).
 """
 
 import argparse
