@@ -44,12 +44,13 @@ def main(argv=None):
     from layercache.models.registry import load_pipeline, shipped_calibration
     from layercache.models.tiny.sets import calibration_calls, eval_call
     from layercache.planner import plan_verified, reference_outputs
+    from layercache.studio.workbench import _verification_calls
 
     torch.set_num_threads(1)   # as the app runs
     pipe = load_pipeline(a.model)
     pipe.set_progress_bar_config(disable=True)
     evaluation = eval_call(list(range(100, 120)))
-    first = [{"label": [3, 8], "seed": 1}]   # the app's first-round images (`workbench._verification_calls`)
+    first = _verification_calls(a.model)   # the app's own first-round images
     for cell in a.cells.split(","):
         steps, budget = int(cell.split("/")[0]), float(cell.split("/")[1])
         path = shipped_calibration(a.model, steps, 4)
