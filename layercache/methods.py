@@ -16,8 +16,9 @@ Two layers:
 `ctx` is what the caller supplies: the app's workbench (`studio/workbench.py`) or the benchmark's `BenchContext`
 (`evaluation/baselines.py`). It has `num_steps`, `num_groups`, `max_k` (None: the calibration's), `check_all`
 (are LayerCache's variants checked end to end too, or only the main method), `tunes` (are free settings tuned on
-the calibration calls), and `calibration(groups)`, `verified_plan(cal, budget, **options)`, `tune(caches)`,
-`fbc_threshold(budget) -> (threshold, params)`.
+the calibration calls), `reused_call_cost` (what LayerCache's plans charge per fully reused call), and
+`calibration(groups)`, `verified_plan(cal, budget, **options)`, `tune(caches)`, `fbc_threshold(budget) -> (threshold,
+params)`.
 """
 
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ def prepare(method: Method, ctx, budget: float) -> Cache:
 def _planned(ctx, groups: int, budget: float, checked: bool, **options):
     """LayerCache's plan on the calibration for `groups` groups: checked end to end (`plan_verified`) or not."""
     cal = ctx.calibration(groups)
+    options["reused_call_cost"] = ctx.reused_call_cost
     return ctx.verified_plan(cal, budget, **options) if checked else plan(cal, budget, **options)
 
 

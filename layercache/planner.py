@@ -40,6 +40,26 @@ def check_budget(budget) -> float:
     return float(budget)
 
 
+def check_reused_call_cost(cost) -> float:
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not 0 <= cost < 1:
+        raise ValueError(f"reused_call_cost is a fully reused call's cost as a fraction of a computed call, in [0, 1); "
+                         f"got {cost!r}")
+    return float(cost)
+
+
+def block_budget(budget: float, reused_call_cost: float = 0.0) -> float:
+    """The fraction of block compute a non-velocity plan may run so that its blocks and its reused calls' floor
+    together cost `budget` of the uncached time: every call pays `reused_call_cost` c (a fully reused call's share of
+    a computed one), a computed block the rest, so b = c + (1 - c)·blocks for any allocation. Velocity plans call
+    nothing on reused steps and run `budget` itself."""
+    check_reused_call_cost(reused_call_cost)
+    blocks = (budget - reused_call_cost) / (1 - reused_call_cost)
+    if blocks <= 0:
+        raise OutOfReach(f"budget {budget} does not pay for the reused calls alone (each costs {reused_call_cost:g} "
+                         f"of a computed one); raise the budget or use velocity steps (velocity=True)")
+    return blocks
+
+
 def steps_for(budget: float, num_steps: int) -> int:
     """round(N·b), halves rounded up (toward more compute for the method), at least 1."""
     return min(num_steps, max(1, math.floor(num_steps * budget + 0.5)))
@@ -245,8 +265,9 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
 def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
          predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals",
          fixed: tuple | None = None, velocity: bool = False, pattern: tuple | None = None,
-         reuse: str = "residuals") -> Schedule:
-    """The plan of least predicted error that executes at most `budget` of the block compute.
+         reuse: str = "residuals", reused_call_cost: float = 0.0) -> Schedule:
+    """The plan of least predicted error that executes at most `budget` of the block compute (of the uncached time,
+    with `reused_call_cost`).
 
     Args:
         calibration: from `calibrate` (or `Calibration.load`), for the model, step count and grouping to run.
@@ -270,6 +291,10 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         reuse: what a reused group predicts (`Schedule.reuse`): its residual ("residuals"), or its output
             ("outputs", TaylorSeer's form). The error model scores residuals: the steps and predictors are chosen
             as for "residuals", and only an end-to-end check (`plan_verified`) tells which is better.
+        reused_call_cost: what a call with every group reused costs, as a fraction of a computed call (embeddings,
+            output layer, hooks; `speed.reused_call_cost` measures it). The plan then runs fewer blocks, so that
+            blocks and reused calls together fit in `budget` (`block_budget`); velocity plans are not charged (a
+            velocity step calls nothing). 0 (default): `budget` counts blocks only.
 
     Example:
         >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)
@@ -298,6 +323,8 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         if (not isinstance(pattern, (tuple, list)) or len(pattern) != 2
                 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pattern)):
             raise ValueError(f"pattern must be (interval, warm-up), two integers >= 1, got {pattern!r}")
+    reused_call_cost = check_reused_call_cost(reused_call_cost)
+    blocks = budget if velocity else block_budget(budget, reused_call_cost)
     allowed = allowed_candidates(cal, max_k, predictors)
     if not allowed:
         raise ValueError(f"no calibrated candidate matches max_k={max_k} and predictors={predictors}")
@@ -316,14 +343,14 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         output_predictors = [(kind, k) for kind, k in MEANCACHE_PREDICTORS if max_k is None or k <= max_k]
         outputs = output_costs(cal, output_predictors, float(gamma))
     if allocation == "steps":
-        compute, error = _steps_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective, outputs,
+        compute, error = _steps_allocation(cal, blocks, use_slope, float(gamma), max_reuse, objective, outputs,
                                            None if pattern is None else tuple(pattern))
     else:
-        compute, error = _groups_allocation(cal, budget, use_slope, float(gamma), max_reuse, objective)
+        compute, error = _groups_allocation(cal, blocks, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
             "velocity": velocity, "pattern": None if pattern is None else list(pattern), "reuse": reuse,
-            "predicted_error": error}
+            "reused_call_cost": reused_call_cost, "block_budget": blocks, "predicted_error": error}
     schedule = replace(schedule_from_mask(cal, compute, meta, pairs), reuse=reuse)
     if velocity:
         schedule = _velocity_steps(schedule, compute[:, 0], output_predictors, outputs[1])
@@ -488,7 +515,7 @@ FIXED_PREDICTORS = (("slope", 2), ("mean", 2), ("quadratic", 3), ("taylor", 3))
 PEER_ORDERS = (("taylor", 2), ("taylor", 3))   # TaylorSeer's orders 1 and 2, the ones its tuning tries
 
 
-def verified_options(num_steps: int, budget: float) -> list[dict]:
+def verified_options(num_steps: int, budget: float, reused_call_cost: float = 0.0) -> list[dict]:
     """What `plan_verified` checks by default: VERIFIED_OPTIONS, then the regular patterns TaylorSeer's tuning tries
     at this budget (`regular_patterns`), each with LayerCache's predictors, and with TaylorSeer's expansion of each
     order it tries (`PEER_ORDERS`) throughout, on the groups' residuals and on their outputs (`reuse="outputs"`:
@@ -496,8 +523,12 @@ def verified_options(num_steps: int, budget: float) -> list[dict]:
     steps and 4x it prefers a warm-up of 4 and an interval of 5; end to end a warm-up of 1 and an interval of 4 is
     better), so the check runs the peer's own candidates: with MeanCache's steps as velocity steps (MeanCache itself)
     and TaylorSeer's plans among the options, LayerCache never chooses among fewer plans than a peer it is compared
-    with, nor among other plans than the peer's own."""
-    patterns = regular_patterns(num_steps, budget)
+    with, nor among other plans than the peer's own. With `reused_call_cost` the patterns are those of the block
+    budget the residual plans run (`block_budget`)."""
+    try:
+        patterns = regular_patterns(num_steps, block_budget(budget, reused_call_cost))
+    except OutOfReach:   # no residual plan fits; the velocity options still may
+        patterns = []
     return [*VERIFIED_OPTIONS, *(option for p in patterns for option in pattern_options(p))]
 
 
@@ -535,7 +566,8 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     if not calls:
         raise ValueError("plan_verified needs the calibration calls to run the candidate plans on")
     steps = calibration.num_steps
-    candidates = verified_options(steps, budget) if candidates is None else list(candidates)
+    candidates = (verified_options(steps, budget, options.get("reused_call_cost", 0.0)) if candidates is None
+                  else list(candidates))
     if reference is None:
         reference = reference_outputs(pipe, calls, steps)
     tried, seen, plans, per_image = {}, {}, {}, {}

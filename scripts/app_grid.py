@@ -1,14 +1,16 @@
 """The issue-10 table, as a user gets it: the app's methods compared through a real `python app.py` server.
 
     python scripts/app_grid.py [--models tiny,tiny-flux] [--steps 12,20,30,50] [--budgets 0.7,0.5,0.35,0.25,0.2]
-                               [--methods LayerCache,MeanCache] [--inputs 0:900,3:901,7:902,9:903] [--out F.json]
+                               [--methods LayerCache,MeanCache] [--inputs 0:900,3:901,7:902,9:903]
+                               [--groups 4] [--max-k 4] [--out F.json]
 
 Starts the app on a free port, presses Run (`/run` through gradio_client) for every model, step count, budget,
 method and input (digit:seed; seeds disjoint from calibration, 1-6, and from the benchmark's, 100-199), with the
-app's own defaults for everything else (guidance, groups, largest K), and prints each cell's mean PSNR of the cached
-lane against the uncached lane of the same run, with the paired difference of the first two methods and its standard
-error over the inputs. Planning happens in the app as a user's first run of a setting makes it
-(`studio/workbench.verified_plan`: `plan_verified` on two calibration images, the finalists rechecked on ten more).
+app's own defaults for everything else (guidance; groups and largest K unless given: a table for each pair), and
+prints each cell's mean PSNR of the cached lane against the uncached lane of the same run, with the paired difference
+of the first two methods and its standard error over the inputs. Planning happens in the app as a user's first run
+of a setting makes it (`studio/workbench.verified_plan`: `plan_verified` on two calibration images, the finalists
+rechecked on ten more).
 """
 
 import argparse
@@ -31,6 +33,8 @@ def parse(argv=None):
     p.add_argument("--budgets", default="0.7,0.5,0.35,0.25,0.2")
     p.add_argument("--methods", default="LayerCache,MeanCache")
     p.add_argument("--inputs", default="0:900,3:901,7:902,9:903", help="digit:seed pairs, comma separated")
+    p.add_argument("--groups", help="numbers of groups, comma separated (default: the app's)")
+    p.add_argument("--max-k", help="largest K values, comma separated (default: the app's)")
     p.add_argument("--url", help="a running app instead of starting one")
     p.add_argument("--out", help="JSON file for every run's PSNR")
     a = p.parse_args(argv)
@@ -60,6 +64,28 @@ def mean_se(values: list) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) / len(values) ** 0.5 if finite else 0.0)
 
 
+def table(client, model, groups, max_k, a, inputs, methods, d) -> list:
+    """One model's table at one number of groups and largest K: a row per (steps, budget)."""
+    print(f"\n{model}: mean PSNR (dB) of the cached lane against the uncached one over {len(inputs)} inputs; "
+          f"guidance {d['guidance']}, {groups} groups, largest K {max_k}", flush=True)
+    print(f"| steps | budget | {' | '.join(methods)} | {methods[0]} − {methods[1]} |", flush=True)
+    print("|---|---|" + "---|" * (len(methods) + 1), flush=True)
+    rows = []
+    for steps in map(int, a.steps.split(",")):
+        for budget in map(float, a.budgets.split(",")):
+            psnr = {m: [psnr_of_run(client, (model, digit, seed, steps, d["guidance"], budget, groups, max_k, m,
+                                             d["fbc_threshold"]))
+                        for digit, seed in inputs] for m in methods}
+            means = {m: mean_se(v)[0] for m, v in psnr.items()}
+            gap, se = mean_se([x - y if x != y else 0.0 for x, y in zip(psnr[methods[0]], psnr[methods[1]])])
+            best = max(means.values())
+            shown = [f"**{means[m]:.2f}**" if means[m] == best else f"{means[m]:.2f}" for m in methods]
+            print(f"| {steps} | {budget:g} | {' | '.join(shown)} | {gap:+.2f} ± {se:.2f} |", flush=True)
+            rows.append({"model": model, "groups": groups, "max_k": max_k, "steps": steps, "budget": budget,
+                         "psnr_db": psnr})
+    return rows
+
+
 def main(argv=None):
     from gradio_client import Client
 
@@ -71,21 +97,9 @@ def main(argv=None):
     try:
         client = Client(url, verbose=False, download_files=False)
         for model in a.models.split(","):
-            print(f"\n{model}: mean PSNR (dB) of the cached lane against the uncached one over {len(inputs)} inputs; "
-                  f"guidance {d['guidance']}, {d['groups']} groups, largest K {d['max_k']}", flush=True)
-            print(f"| steps | budget | {' | '.join(methods)} | {methods[0]} − {methods[1]} |", flush=True)
-            print("|---|---|" + "---|" * (len(methods) + 1), flush=True)
-            for steps in map(int, a.steps.split(",")):
-                for budget in map(float, a.budgets.split(",")):
-                    psnr = {m: [psnr_of_run(client, (model, digit, seed, steps, d["guidance"], budget, d["groups"],
-                                                     d["max_k"], m, d["fbc_threshold"]))
-                                for digit, seed in inputs] for m in methods}
-                    means = {m: mean_se(v)[0] for m, v in psnr.items()}
-                    gap, se = mean_se([x - y if x != y else 0.0 for x, y in zip(psnr[methods[0]], psnr[methods[1]])])
-                    best = max(means.values())
-                    shown = [f"**{means[m]:.2f}**" if means[m] == best else f"{means[m]:.2f}" for m in methods]
-                    print(f"| {steps} | {budget:g} | {' | '.join(shown)} | {gap:+.2f} ± {se:.2f} |", flush=True)
-                    rows.append({"model": model, "steps": steps, "budget": budget, "psnr_db": psnr})
+            for groups in map(int, (a.groups or str(d["groups"])).split(",")):
+                for max_k in map(int, (a.max_k or str(d["max_k"])).split(",")):
+                    rows += table(client, model, groups, max_k, a, inputs, methods, d)
     finally:
         if proc is not None:
             proc.terminate()

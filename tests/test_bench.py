@@ -37,6 +37,8 @@ BAD = {
     "recheck seeds": (_with("--seeds", "4,100"), "seeds [4] are calibration seeds"),
     "steps": (_with("--steps", "1"), "--steps"),
     "steps list": (_with("--steps", "10,x"), "--steps"),
+    "reused call cost": ([*GOOD, "--reused-call-cost", "1"], "--reused-call-cost takes 'measure' or"),
+    "reused call cost word": ([*GOOD, "--reused-call-cost", "auto"], "in [0, 1)"),
 }
 
 
@@ -97,7 +99,8 @@ def test_grid_names_the_best_peer_per_cell_and_skips_ablations():
 
 def _run(prefix, out, env):
     args = [*prefix, "-m", "layercache", "bench", "--methods", "meancache,taylorseer", "--budgets", "0.5",
-            "--seeds", "100-103", "--steps", "4", "--batch", "2", "--repeats", "1", "--out", str(out)]
+            "--seeds", "100-103", "--steps", "4", "--batch", "2", "--repeats", "1", "--reused-call-cost", "measure",
+            "--out", str(out)]
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -110,6 +113,9 @@ def test_two_accelerate_processes_merge_to_the_single_process_result(tmp_path):
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     double = _run(launch, tmp_path / "two.json", env)
     assert single["meta"]["processes"] == 1 and double["meta"]["processes"] == 2
+    for run in (single, double):   # timed on the main process, the same figure for every process's plans
+        assert 0 < run["meta"]["reused_call_cost"] < 1
+        assert f"--reused-call-cost {run['meta']['reused_call_cost']:g} " in run["meta"]["command"]
     assert [(r["method"], r["budget"], r["steps"]) for r in single["records"]] == \
            [(r["method"], r["budget"], r["steps"]) for r in double["records"]]
     for one, two in zip(single["records"], double["records"]):

@@ -164,6 +164,32 @@ def test_planner_respects_max_reuse(cal):
                 assert run_length <= 1
 
 
+def test_a_charged_reused_call_buys_fewer_blocks_and_no_more_time(cal):
+    """With `reused_call_cost` c, blocks plus every reused call's floor fit the budget: a whole-step plan computes
+    round(N·(b − c)/(1 − c)) steps, a per-group plan at most that fraction of the blocks; velocity plans (calling
+    nothing on reused steps) and c = 0 are what they were."""
+    from layercache.planner import OutOfReach, block_budget, steps_for
+
+    c = 0.1
+    assert block_budget(0.5, 0.0) == 0.5 and block_budget(0.5, c) == pytest.approx((0.5 - c) / (1 - c))
+    for budget in (0.9, 0.5, 0.3):
+        blocks = block_budget(budget, c)
+        steps = plan(cal, budget, reused_call_cost=c)
+        assert steps.compute_fraction == pytest.approx(steps_for(blocks, STEPS) / STEPS)
+        assert steps.meta["block_budget"] == pytest.approx(blocks) and steps.meta["reused_call_cost"] == c
+        groups = plan(cal, budget, allocation="groups", reused_call_cost=c)
+        assert groups.compute_fraction <= max(blocks, 1 / STEPS) + 1e-9
+        velocity = dict(objective="outputs", velocity=True)
+        assert (plan(cal, budget, reused_call_cost=c, **velocity).actions()
+                == plan(cal, budget, **velocity).actions())
+        assert plan(cal, budget, reused_call_cost=0.0).to_json() == plan(cal, budget).to_json()
+    with pytest.raises(OutOfReach, match="does not pay for the reused calls.*velocity"):
+        plan(cal, 0.1, reused_call_cost=0.1)
+    for bad in (-0.1, 1.0, "0.1", True):
+        with pytest.raises(ValueError, match="reused_call_cost.*in \\[0, 1\\)"):
+            plan(cal, 0.5, reused_call_cost=bad)
+
+
 def test_budget_out_of_reach_says_what_to_change(cal):
     from layercache.planner import OutOfReach
 

@@ -73,6 +73,7 @@ class BenchContext:
 
     num_groups = 4      # LayerCache, its K=1 ablation and MeanCache
     max_k = None        # the calibration's largest K
+    reused_call_cost = 0.0   # what LayerCache's plans charge per fully reused call (`planner.block_budget`)
     check_all = True
     tunes = True
 

@@ -87,6 +87,20 @@ def parse_methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def parse_reused_call_cost(text) -> float | None:
+    """'measure' -> None (time it on this machine), else a fraction in [0, 1)."""
+    if str(text).strip() == "measure":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise ValueError(f"--reused-call-cost takes 'measure' or a fully reused call's cost as a fraction of a "
+                         f"computed call, in [0, 1) (e.g. 0.03); got {text!r}")
+    return value
+
+
 def _writable(path, flag):
     if path is not None and not Path(path).resolve().parent.is_dir():
         raise ValueError(f"{flag} {path}: folder {Path(path).resolve().parent} does not exist")
@@ -113,7 +127,8 @@ def validate(args) -> dict:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     for path, flag in ((args.out, "--out"), (args.html, "--html"), (args.png, "--png")):
         _writable(path, flag)
-    return {"methods": methods, "budgets": budgets, "seeds": seeds, "steps": steps}
+    return {"methods": methods, "budgets": budgets, "seeds": seeds, "steps": steps,
+            "reused_call_cost": parse_reused_call_cost(args.reused_call_cost)}
 
 
 ARGUMENTS = [
@@ -128,6 +143,9 @@ ARGUMENTS = [
     (("--repeats",), {"type": int, "default": 3, "help": "timed pairs per operating point; 0 skips timing "
                                                          "(default: %(default)s)"}),
     (("--batch",), {"type": int, "default": 10, "help": "images per pipeline call (default: %(default)s)"}),
+    (("--reused-call-cost",), {"default": "0", "help": "what LayerCache's plans charge for a fully reused call, "
+                                                       "as a fraction of a computed one: 0 counts blocks only, "
+                                                       "'measure' times it here first (default: %(default)s)"}),
     (("--out",), {"required": True, "help": "results JSON to write"}),
     (("--html",), {"default": None, "help": "Plotly Pareto figure (HTML) to write"}),
     (("--png",), {"default": None, "help": "the same figure as PNG (needs kaleido and a Chromium)"}),
@@ -305,12 +323,13 @@ def write_figure(records, html=None, png=None):
 def run(args) -> list[dict]:
     settings = validate(args)
     from accelerate import PartialState
-    from accelerate.utils import gather_object
+    from accelerate.utils import broadcast_object_list, gather_object
     from tqdm import tqdm
 
     from ..models.registry import load_pipeline, shipped_calibration
     from ..models.tiny.sets import calibration_calls, recheck_calls
     from .baselines import BenchContext, prepare
+    from .overhead import reused_call_cost
     from .speed import machine
 
     # cpu=True: the bundled model runs on the CPU, and without it accelerate ignores a torchrun launch
@@ -329,6 +348,11 @@ def run(args) -> list[dict]:
         shipped = {g: shipped_calibration(args.model, steps, g) for g in (1, 4)}
         ctx = BenchContext(pipe, steps, calibration_calls(), {g: p for g, p in shipped.items() if p.is_file()},
                            log=log, recheck_calls=recheck_calls())
+        if settings["reused_call_cost"] is None:   # timed once, on the main process: every process plans alike
+            measured = [reused_call_cost(pipe, ctx.calibration(4)) if main else None]
+            settings["reused_call_cost"] = broadcast_object_list(measured)[0]
+            log(f"a fully reused call costs {settings['reused_call_cost']:g} of a computed one here")
+        ctx.reused_call_cost = settings["reused_call_cost"]
         points = []
         for method, budget in ((m, b) for m in settings["methods"] for b in settings["budgets"]):
             bar.set_postfix_str(f"prepare {method} {budget:g} at {steps} steps")
@@ -351,12 +375,14 @@ def run(args) -> list[dict]:
     command = (f"python -m layercache bench --model {args.model} --methods {','.join(settings['methods'])} "
                f"--budgets {','.join(f'{b:g}' for b in settings['budgets'])} --seeds {args.seeds} "
                f"--steps {','.join(map(str, settings['steps']))} "
-               f"--repeats {args.repeats} --batch {args.batch} --out {args.out}"
+               f"--repeats {args.repeats} --batch {args.batch} --reused-call-cost {settings['reused_call_cost']:g} "
+               f"--out {args.out}"
                + (f" --html {args.html}" if args.html else "") + (f" --png {args.png}" if args.png else ""))
     result = {"meta": {"command": command, "model": args.model, "steps": settings["steps"], "seeds": seeds,
                        "batch": args.batch, "repeats": args.repeats, "processes": state.num_processes,
                        "machine": machine(), "measure_seconds": round(time.time() - started, 1),
-                       "psnr_cap_db": PSNR_CAP, "notes": notes, "skipped": skipped,
+                       "psnr_cap_db": PSNR_CAP, "reused_call_cost": settings["reused_call_cost"], "notes": notes,
+                       "skipped": skipped,
                        "speedup_wall": "uncached / cached time of one-image calls, alternated in one process, "
                                        "median over repeats (and processes)"},
               "records": records}

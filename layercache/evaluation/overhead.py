@@ -102,26 +102,44 @@ def call_times(pipe, steps: int) -> list[float]:
     return times
 
 
+def timed_calls(pipe, schedule, steps: int) -> dict:
+    """One image under `schedule`: the wall time of each transformer call after the first (which also builds the
+    caches), by kind: "computed", "reused (residuals)" (every group reused) or "velocity"."""
+    cache = LayerCacheSetting(schedule)
+    cache.attach(pipe, telemetry=False)
+    try:
+        times = call_times(pipe, steps)
+    finally:
+        cache.detach(pipe)
+    per_step, found = len(times) // steps, {}
+    for i, row in enumerate(schedule.cells[1:], start=1):
+        kind = ("computed" if any(c.compute for c in row) else
+                "velocity" if i in schedule.velocity_steps else "reused (residuals)")
+        found.setdefault(kind, []).extend(times[i * per_step:(i + 1) * per_step])
+    return found
+
+
+def reused_call_cost(pipe, cal: Calibration, repeats: int = 3) -> float:
+    """A call whose groups are all reused, as a fraction of a computed call (medians over `repeats` images of
+    `plan(cal, 0.5)`), to three decimals: what `plan(..., reused_call_cost=)` charges on this model and machine."""
+    schedule, found = plan(cal, 0.5), {}
+    timed_calls(pipe, schedule, cal.num_steps)   # warm-up
+    for _ in range(repeats):
+        for kind, values in timed_calls(pipe, schedule, cal.num_steps).items():
+            found.setdefault(kind, []).extend(values)
+    return round(statistics.median(found["reused (residuals)"]) / statistics.median(found["computed"]), 3)
+
+
 def call_costs(pipe, schedules: dict, budget: float, steps: int, repeats: int) -> dict:
     """Median ms of a computed call, a fully residual-reused call, a velocity call and a call without blocks."""
     found = {"computed": [], "reused (residuals)": [], "velocity": [], "the floor": []}
     for _ in range(repeats):
         for method in ("layercache", "velocity"):
-            schedule = schedules[f"{method} {budget}"]
-            cache = LayerCacheSetting(schedule)
-            cache.attach(pipe, telemetry=False)
-            try:
-                times = call_times(pipe, steps)
-            finally:
-                cache.detach(pipe)
-            per_step = len(times) // steps
-            for i, row in enumerate(schedule.cells):
-                kind = ("computed" if any(c.compute for c in row) else
-                        "velocity" if i in schedule.velocity_steps else "reused (residuals)")
-                if i > 0:   # the first step also builds the caches
-                    found[kind] += times[i * per_step:(i + 1) * per_step]
+            for kind, values in timed_calls(pipe, schedules[f"{method} {budget}"], steps).items():
+                found[kind] += values
         with blocks_removed(pipe.transformer):
-            found["the floor"] += call_times(pipe, steps)[per_step:]
+            times = call_times(pipe, steps)
+            found["the floor"] += times[len(times) // steps:]
     return {kind: 1e3 * statistics.median(values) for kind, values in found.items() if values}
 
 

@@ -40,6 +40,7 @@ class _AppContext:
 
     check_all = False
     tunes = False
+    reused_call_cost = 0.0
 
     def __init__(self, workbench, key, steps, groups, max_k, threshold, progress):
         self.workbench, self.key, self.num_steps, self.num_groups = workbench, key, steps, groups
