@@ -2,6 +2,7 @@
 
     python scripts/app_selection.py --model tiny --cells 12/0.2,20/0.2,30/0.2
     python scripts/app_selection.py --model tiny-flux --cells 20/0.25 --recheck "none" "0,2,5,7:3" "0-9:3"
+    python scripts/app_selection.py --model tiny --cells 12/0.5 --groups 1 --recheck "0-9:3"
 
 For each (steps / budget) cell: MeanCache's plan (γ 2, the app's) and, per variant, `plan_verified` on the app's
 first-round images (digits 3 and 8, calibration seed 1) with the variant's recheck images ("none", or digits:seed,
@@ -33,6 +34,7 @@ def main(argv=None):
     p.add_argument("--model", default="tiny")
     p.add_argument("--cells", default="12/0.2,20/0.2,30/0.2", help="steps/budget pairs, comma separated")
     p.add_argument("--recheck", nargs="+", default=["none", "0,2,5,7:3", "0-9:3"])
+    p.add_argument("--groups", type=int, default=4, help="LayerCache's number of groups (the app's slider)")
     a = p.parse_args(argv)
 
     import torch
@@ -53,8 +55,9 @@ def main(argv=None):
     first = _verification_calls(a.model)   # the app's own first-round images
     for cell in a.cells.split(","):
         steps, budget = int(cell.split("/")[0]), float(cell.split("/")[1])
-        path = shipped_calibration(a.model, steps, 4)
-        cal = Calibration.load(path) if path.is_file() else calibrate(pipe, calibration_calls(), steps)
+        path = shipped_calibration(a.model, steps, a.groups)
+        cal = (Calibration.load(path) if path.is_file() else
+               calibrate(pipe, calibration_calls(), steps, num_groups=a.groups))
         reference = reference_outputs(pipe, [evaluation], steps)[0]
         first_reference = reference_outputs(pipe, first, steps)
 
@@ -67,7 +70,7 @@ def main(argv=None):
 
         meancache = score(lambda: apply_meancache(pipe.transformer, meancache_schedule(cal, budget, gamma=2.0)),
                           lambda: remove_meancache(pipe.transformer))
-        line = [f"{a.model} {steps}/{budget:g}: MeanCache {meancache.mean():.2f}"]
+        line = [f"{a.model} {steps}/{budget:g}, {a.groups} groups: MeanCache {meancache.mean():.2f}"]
         for spec in a.recheck:
             started = time.time()
             schedule = plan_verified(pipe, cal, budget, first, reference=first_reference,
