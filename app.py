@@ -63,8 +63,8 @@ run the group or to reuse its residual (or, in TaylorSeer's form, which the plan
 extrapolated again): K = 1 is plain reuse of the last one; K ≥ 2 fits a slope over the last K computed steps (the
 "JVP") and follows it. The planner picks K per group and step from the calibration, up to *Largest K*, which also
 bounds the output estimator on skipped steps. MeanCache's estimator is not bounded by it: at largest K 1 LayerCache
-runs plain reuse against MeanCache's full estimator and loses by 1.5–3.3 dB on the bundled model (8 of 9 settings
-measured), which is what the slope buys; at K 2 and above it is ahead or level in all but one.
+runs plain reuse against MeanCache's full estimator and loses by 1.1–3.8 dB on the bundled models (15 of 18
+settings measured), which is what the slope buys; at K 2 and above it is ahead or level in all but one.
 
 **Heatmaps** (x = step, y = group): *velocity change* is how much the group's residual moved since the previous
 step (only where it was computed); *computed/reused* shows the cache decisions (blue = run, orange = reused;
