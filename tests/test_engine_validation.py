@@ -190,6 +190,29 @@ def test_a_charged_reused_call_buys_fewer_blocks_and_no_more_time(cal):
             plan(cal, 0.5, reused_call_cost=bad)
 
 
+def test_a_charged_check_chooses_among_plans_within_the_charge(tiny_pipe, cal):
+    """`plan_verified` with `reused_call_cost`: every candidate it ran is within the charge (residual and output
+    plans at the charged block budget, its regular patterns among them; velocity plans at the budget itself)."""
+    from layercache.planner import (
+        block_budget,
+        option_name,
+        pattern_options,
+        plan_verified,
+        regular_patterns,
+        steps_for,
+    )
+
+    budget, charge, calls = 0.5, 0.2, [{"label": [1, 7], "seed": 5}]   # 3 computed steps of 8, not 4
+    chosen = plan_verified(tiny_pipe, cal, budget, calls, refine=1, reused_call_cost=charge)
+    blocks = block_budget(budget, charge)
+    tried = chosen.meta["verified"]["calibration_error"]
+    patterns = regular_patterns(STEPS, blocks)
+    assert patterns != regular_patterns(STEPS, budget)
+    assert {option_name(o) for p in patterns for o in pattern_options(p)} <= set(tried)
+    limit = steps_for(budget if chosen.velocity_steps else blocks, STEPS) / STEPS
+    assert chosen.compute_fraction <= limit + 1e-9 and chosen.meta["reused_call_cost"] == charge
+
+
 def test_budget_out_of_reach_says_what_to_change(cal):
     from layercache.planner import OutOfReach
 
