@@ -8,11 +8,11 @@ velocity steps (`plan(..., objective="outputs", velocity=True)`: a reused step c
 calibration) against the ideal one, 1 / executed compute fraction (target: LayerCache within 10% of ideal and not
 below MeanCache by more than noise), and of LayerCache with the floor charged (`plan(..., reused_call_cost=c)`, c
 timed here first: fewer blocks, so that blocks and reused calls fit the budget) against 1 / budget. Then what one
-transformer call costs (median over the calls of one image at the
-lowest budget): a computed call, a call whose groups are all reused from their residuals, a velocity call, and the
-transformer with its blocks swapped for pass-throughs and their inputs (text embedder, rotary positions) not run: its
-latent and timestep embeddings and output layer, the floor of residual reuse, which no hook can remove (a reused
-call needs them to turn the predicted stream into a velocity).
+transformer call costs (median over the calls of one image at the lowest budget): a computed call, a call whose
+groups are all reused from their residuals, a velocity call, and the transformer with its blocks swapped for
+pass-throughs and their inputs (text embedder, rotary positions) not run: its latent and timestep embeddings and
+output layer, the floor of residual reuse, which no hook can remove (a reused call needs them to turn the predicted
+stream into a velocity).
 """
 
 import contextlib
