@@ -309,9 +309,9 @@ def test_the_app_grid_script_compares_methods_through_the_server(client, tmp_pat
     grid = load_script("app_grid")
     out = tmp_path / "grid.json"
     grid.main(["--url", client.src, "--models", "tiny", "--steps", str(STEPS), "--budgets", "1,0.5",
-               "--inputs", "7:900,3:901", "--out", str(out)])
+               "--inputs", "7:900,3:901", "--max-k", "2", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["steps"], r["budget"]) for r in rows] == [(STEPS, 1.0), (STEPS, 0.5)]
+    assert [(r["steps"], r["budget"], r["max_k"]) for r in rows] == [(STEPS, 1.0, 2), (STEPS, 0.5, 2)]
     assert all(math.isinf(p) for psnr in rows[0]["psnr_db"].values() for p in psnr)   # all computed: exact
     assert all(len(psnr) == 2 and all(math.isfinite(p) for p in psnr) for psnr in rows[1]["psnr_db"].values())
     assert f"| {STEPS} | 0.5 |" in capsys.readouterr().out
