@@ -292,9 +292,9 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
             ("outputs", TaylorSeer's form). The error model scores residuals: the steps and predictors are chosen
             as for "residuals", and only an end-to-end check (`plan_verified`) tells which is better.
         reused_call_cost: what a call with every group reused costs, as a fraction of a computed call (embeddings,
-            output layer, hooks; `speed.reused_call_cost` measures it). The plan then runs fewer blocks, so that
-            blocks and reused calls together fit in `budget` (`block_budget`); velocity plans are not charged (a
-            velocity step calls nothing). 0 (default): `budget` counts blocks only.
+            output layer, hooks; `evaluation.overhead.reused_call_cost` times it). The plan then runs fewer blocks,
+            so that blocks and reused calls together fit in `budget` (`block_budget`); velocity plans are not charged
+            (a velocity step calls nothing). 0 (default): `budget` counts blocks only.
 
     Example:
         >>> cal = layercache.calibrate(pipe, [{"prompt": "a fox", "seed": 1}], num_inference_steps=30)

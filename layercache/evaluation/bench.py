@@ -89,16 +89,15 @@ def parse_methods(text: str) -> list[str]:
 
 def parse_reused_call_cost(text) -> float | None:
     """'measure' -> None (time it on this machine), else a fraction in [0, 1)."""
+    from ..planner import check_reused_call_cost
+
     if str(text).strip() == "measure":
         return None
     try:
-        value = float(text)
+        return check_reused_call_cost(float(text))
     except ValueError:
-        value = -1.0
-    if not 0 <= value < 1:
         raise ValueError(f"--reused-call-cost takes 'measure' or a fully reused call's cost as a fraction of a "
-                         f"computed call, in [0, 1) (e.g. 0.03); got {text!r}")
-    return value
+                         f"computed call, in [0, 1) (e.g. 0.03); got {text!r}") from None
 
 
 def _writable(path, flag):
