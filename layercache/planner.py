@@ -552,8 +552,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     steps are tried again with each of `fixed_predictors` on every reused cell. With `recheck_calls` (other inputs,
     never evaluation ones), the best plan of each of the RECHECK_FINALISTS best families (plans computing the same
     cells; the family's velocity plan instead where that best is not `clearly_better` on the calibration calls: the
-    same steps, faster) runs on them too and the one of least error on them is kept (`recheck`), unless the best
-    velocity finalist is not clearly worse on them: then that one (the budget's speed, no floor paid). Option sets that
+    same steps, faster) runs on them too and the one of least error on them is kept (`recheck`). Option sets that
     cannot reach the budget are skipped; argument errors reach the caller. `progress(done, total)` is called before
     each run.
 
@@ -624,8 +623,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
             if progress is not None:
                 progress(total - finalists + len(ran), total)
             ran.append(name)
-            recheck_images[name] = image_errors(run(plans[name][1], recheck_calls), recheck_reference)
-            return float(recheck_images[name].mean())
+            return output_error(run(plans[name][1], recheck_calls), recheck_reference)
 
         ranked = sorted(plans, key=tried.get)
         family = {n: str([[cell.compute for cell in row] for row in plans[n][1].cells]) for n in ranked}
@@ -638,14 +636,9 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
                 return name
             return siblings[0]
 
-        ran, recheck_images = [], {}
+        ran = []
         rechecked = recheck(ranked, recheck_error, family.get, velocity_unless_clearly_worse)
         chosen = min(rechecked, key=rechecked.get)
-        # The same rule across families: a velocity plan calls nothing on its reused steps, so it keeps the budget's
-        # speed; another finalist must be clearly better on the recheck images to be kept over it.
-        velocity = sorted((n for n in rechecked if plans[n][1].velocity_steps), key=rechecked.get)
-        if velocity and not clearly_better(recheck_images[chosen], recheck_images[velocity[0]]):
-            chosen = velocity[0]
     best = plans[chosen][1]
     best.meta["verified"] = {"calibration_error": tried, "calls": len(calls), "chosen": chosen}
     if recheck_calls:

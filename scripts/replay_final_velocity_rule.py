@@ -1,7 +1,8 @@
-"""Would the recheck's final velocity rule (twentieth session) change a stored grid row, and what does it score?
+"""Would a final velocity rule at the recheck change a stored grid row, and what would it score?
 
-`plan_verified` keeps the recheck's least-error finalist, unless a velocity finalist (reused steps call nothing) is not
-clearly worse on the recheck images (`planner.clearly_better`, paired per image): then the best velocity finalist. The
+The rule, measured in the twentieth session and not kept (docs/results_history.md): `plan_verified` would keep the
+recheck's least-error finalist only where it is clearly better on the recheck images (`planner.clearly_better`, paired
+per image) than the best velocity finalist (reused steps call nothing), else that velocity finalist. The
 rule acts after the recheck, so a stored row's finalists (`params.rechecked`) are the ones it chooses among: each
 cell's stored choice and best velocity finalist are planned again and run on the recheck calls (their mean errors must
 match the stored ones: the same plans), and where the rule changes the choice, the new plan runs on the row's
