@@ -28,6 +28,8 @@ from .schedule import MAX_K, REUSE, Cell, Schedule
 
 ALLOCATIONS = ("steps", "groups")
 OBJECTIVES = ("residuals", "outputs", "uniform", "regular")
+# Which fully reused steps of a whole-step plan a hybrid plan makes velocity steps (`hybrid_steps`).
+HYBRIDS = ("alternate", "late")
 
 
 class OutOfReach(ValueError):
@@ -265,7 +267,7 @@ def _groups_allocation(cal, budget, use_slope, gamma, max_reuse, objective):
 def plan(calibration: Calibration, budget: float, allocation: str = "steps", max_k: int | None = None,
          predictors=None, max_reuse: int | None = None, gamma: float = 2.0, objective: str = "residuals",
          fixed: tuple | None = None, velocity: bool = False, pattern: tuple | None = None,
-         reuse: str = "residuals", reused_call_cost: float = 0.0) -> Schedule:
+         reuse: str = "residuals", reused_call_cost: float = 0.0, hybrid: str | None = None) -> Schedule:
     """The plan of least predicted error that executes at most `budget` of the block compute (of the uncached time,
     with `reused_call_cost`).
 
@@ -288,6 +290,10 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
             within max_k and predictors, calibrated or not: a plan's predictors need the calibration's Gram only.
         velocity: whole-step plans only: make every reused step a velocity step (the transformer not called, its
             output predicted with MeanCache's estimator, K up to max_k chosen per gap on the calibrated outputs).
+        hybrid: whole-step plans only: make some reused steps velocity steps (as `velocity`) and leave the others
+            reusing the groups' residuals (or outputs): "alternate" every other reused step, "late" the second half
+            of each run of reused steps (`hybrid_steps`). Each velocity step calls nothing, so the plan pays the
+            floor of a reused call on fewer steps; charged (`reused_call_cost`) as if it paid it on every one.
         reuse: what a reused group predicts (`Schedule.reuse`): its residual ("residuals"), or its output
             ("outputs", TaylorSeer's form). The error model scores residuals: the steps and predictors are chosen
             as for "residuals", and only an end-to-end check (`plan_verified`) tells which is better.
@@ -323,6 +329,12 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
         if (not isinstance(pattern, (tuple, list)) or len(pattern) != 2
                 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pattern)):
             raise ValueError(f"pattern must be (interval, warm-up), two integers >= 1, got {pattern!r}")
+    if hybrid is not None:
+        if hybrid not in HYBRIDS:
+            raise ValueError(f"hybrid must be one of {HYBRIDS} or None, got {hybrid!r}")
+        if velocity or allocation != "steps":
+            raise ValueError("a hybrid plan is a whole-step plan with some reused steps velocity steps: use "
+                             "allocation='steps' and velocity=False")
     reused_call_cost = check_reused_call_cost(reused_call_cost)
     blocks = budget if velocity else block_budget(budget, reused_call_cost)
     allowed = allowed_candidates(cal, max_k, predictors)
@@ -337,36 +349,48 @@ def plan(calibration: Calibration, budget: float, allocation: str = "steps", max
                              f"{min(max_k or MAX_K, MAX_K)} (max_k); got {fixed!r}")
         pairs = [tuple(fixed)]
     outputs = None   # velocity steps: their predictors' chained output costs (cost, best), computed once
-    if velocity:
+    if velocity or hybrid:
         if allocation != "steps":
             raise ValueError("velocity steps are whole steps: use allocation='steps'")
         output_predictors = [(kind, k) for kind, k in MEANCACHE_PREDICTORS if max_k is None or k <= max_k]
         outputs = output_costs(cal, output_predictors, float(gamma))
     if allocation == "steps":
-        compute, error = _steps_allocation(cal, blocks, use_slope, float(gamma), max_reuse, objective, outputs,
+        compute, error = _steps_allocation(cal, blocks, use_slope, float(gamma), max_reuse, objective,
+                                           outputs if velocity else None,   # a hybrid keeps its residual plan's steps
                                            None if pattern is None else tuple(pattern))
     else:
         compute, error = _groups_allocation(cal, blocks, use_slope, float(gamma), max_reuse, objective)
     meta = {"method": "layercache", "allocation": allocation, "objective": objective, "budget": budget, "max_k": max_k,
             "max_reuse": max_reuse, "gamma": gamma, "fixed": None if fixed is None else list(fixed),
             "velocity": velocity, "pattern": None if pattern is None else list(pattern), "reuse": reuse,
-            "reused_call_cost": reused_call_cost, "block_budget": blocks, "predicted_error": error}
+            "reused_call_cost": reused_call_cost, "block_budget": blocks, "predicted_error": error, "hybrid": hybrid}
     schedule = replace(schedule_from_mask(cal, compute, meta, pairs), reuse=reuse)
-    if velocity:
-        schedule = _velocity_steps(schedule, compute[:, 0], output_predictors, outputs[1])
+    if velocity or hybrid:
+        velocity_steps = hybrid_steps(compute[:, 0], hybrid) if hybrid else np.flatnonzero(~compute[:, 0])
+        schedule = _velocity_steps(schedule, compute[:, 0], output_predictors, outputs[1], velocity_steps)
     schedule.meta["compute_fraction"] = schedule.compute_fraction
     return schedule
 
 
-def _velocity_steps(schedule: Schedule, computed: np.ndarray, predictors, best: np.ndarray) -> Schedule:
-    """The whole-step plan with every reused step a velocity step, each gap taking the (predictor, K) of least
-    chained output error (`best`, from `output_costs`)."""
-    cells = list(schedule.cells)
+def _velocity_steps(schedule: Schedule, computed: np.ndarray, predictors, best: np.ndarray, velocity_steps) -> Schedule:
+    """The whole-step plan with `velocity_steps` (reused steps) velocity steps, each taking its gap's (predictor, K)
+    of least chained output error (`best`, from `output_costs`)."""
+    cells, velocity_steps = list(schedule.cells), {int(i) for i in velocity_steps}
     steps = np.flatnonzero(computed).tolist()
     for a, c in zip(steps, steps[1:] + [len(cells)]):
-        for i in range(a + 1, c):
+        for i in velocity_steps.intersection(range(a + 1, c)):
             cells[i] = [Cell(False, *predictors[best[a, c]])] * schedule.num_groups
-    return replace(schedule, cells=cells, velocity_steps=np.flatnonzero(~computed).tolist())   # validated
+    return replace(schedule, cells=cells, velocity_steps=sorted(velocity_steps))   # validated
+
+
+def hybrid_steps(computed: np.ndarray, rule: str) -> list[int]:
+    """The reused steps (`computed` False) a hybrid plan makes velocity steps: every other one ("alternate", from
+    the first) or the second half of each run between computed steps ("late"; a run of one step included)."""
+    reused = np.flatnonzero(~np.asarray(computed, bool))
+    if rule == "alternate":
+        return reused[::2].tolist()
+    runs = np.split(reused, np.flatnonzero(np.diff(reused) > 1) + 1)
+    return [int(i) for run in runs for i in run[len(run) // 2:]]
 
 
 def allowed_candidates(cal: Calibration, max_k=None, predictors=None) -> list[int]:
@@ -545,16 +569,17 @@ def option_name(option: dict) -> str:
 
 def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, candidates=None,
                   reference=None, progress=None, fixed_predictors=FIXED_PREDICTORS, refine: int = 3,
-                  recheck_calls=None, recheck_reference=None, **options) -> Schedule:
+                  recheck_calls=None, recheck_reference=None, hybrids=(), **options) -> Schedule:
     """The plan checked end to end: plan once per option set in `candidates` (default `verified_options`), run each
     plan on the calibration calls (never evaluation inputs) and keep the one whose images are closest to the
     uncached ones (`reference`, from `reference_outputs`; computed if not given). Then the `refine` best plans'
-    steps are tried again with each of `fixed_predictors` on every reused cell. With `recheck_calls` (other inputs,
-    never evaluation ones), the best plan of each of the RECHECK_FINALISTS best families (plans computing the same
-    cells; the family's velocity plan instead where that best is not `clearly_better` on the calibration calls: the
-    same steps, faster) runs on them too and the one of least error on them is kept (`recheck`). Option sets that
-    cannot reach the budget are skipped; argument errors reach the caller. `progress(done, total)` is called before
-    each run.
+    steps are tried again with each of `fixed_predictors` on every reused cell, and then the `refine` best whole-step
+    plans that have no velocity step with each of `hybrids` (`plan`'s hybrid: some reused steps velocity steps).
+    With `recheck_calls` (other inputs, never evaluation ones), the best plan of each of the RECHECK_FINALISTS best
+    families (plans computing the same cells; the family's velocity plan instead where that best is not
+    `clearly_better` on the calibration calls: the same steps, faster) runs on them too and the one of least error
+    on them is kept (`recheck`). Option sets that cannot reach the budget are skipped; argument errors reach the
+    caller. `progress(done, total)` is called before each run.
 
     Example:
         >>> schedule = plan_verified(pipe, cal, 0.5, calls)     # the calls `cal` was calibrated on
@@ -575,7 +600,7 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     fixed = [f for f in fixed_predictors if fits(f, options.get("max_k"), options.get("predictors"))
              and "fixed" not in options]
     finalists = RECHECK_FINALISTS if recheck_calls else 0
-    total = len(candidates) + refine * len(fixed) + finalists
+    total = len(candidates) + refine * (len(fixed) + len(hybrids)) + finalists
 
     def run(schedule: Schedule, on_calls: list) -> list:
         apply_layer_cache(pipe.transformer, LayerCacheConfig(schedule, telemetry=False))
@@ -613,6 +638,10 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         # `fixed` replaces the choice of predictor; at velocity steps it is tried on the groups' residuals instead
         steps_of = {k: v for k, v in plans[name][0].items() if k not in ("predictors", "velocity")}
         check({**steps_of, "fixed": tuple(predictor)}, len(candidates) + index)
+    whole_steps = [n for n in sorted(plans, key=tried.get) if plans[n][0].get("allocation", "steps") == "steps"
+                   and options.get("allocation", "steps") == "steps" and not plans[n][1].velocity_steps][:refine]
+    for index, (name, rule) in enumerate((n, h) for n in whole_steps for h in hybrids):
+        check({**plans[name][0], "hybrid": rule}, len(candidates) + refine * len(fixed) + index)
     if not plans:
         raise OutOfReach(f"budget {budget} is out of reach under every option tried ({list(candidates)})")
     chosen, rechecked = min(plans, key=tried.get), {}

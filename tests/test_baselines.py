@@ -116,6 +116,56 @@ def test_velocity_steps_with_meancaches_estimator_are_meancache_exactly(tiny_pip
         plan(cal, 0.5, allocation="groups", velocity=True)
 
 
+def test_hybrid_steps_take_every_other_reused_step_or_the_second_half_of_each_run():
+    from layercache.planner import hybrid_steps
+
+    computed = np.array([1, 0, 0, 0, 1, 0, 1, 0, 0], bool)   # runs of reused steps: 1-3, 5, 7-8
+    assert hybrid_steps(computed, "alternate") == [1, 3, 7]
+    assert hybrid_steps(computed, "late") == [2, 3, 5, 8]
+
+
+@pytest.mark.parametrize("rule", ["alternate", "late"])
+def test_a_hybrid_plan_calls_nothing_on_its_velocity_steps_and_reuses_residuals_on_the_others(tiny_pipe, ctx, rule):
+    """A hybrid plan computes its residual plan's steps; on its velocity steps (`hybrid_steps`) it has the velocity
+    plan's cells and calls no transformer, on its other reused steps the residual plan's cells; its blocks run at
+    the plan's compute."""
+    from layercache.hooks import LayerCacheConfig, apply_layer_cache, remove_layer_cache
+    from layercache.planner import hybrid_steps, plan
+
+    cal, call = ctx.calibration(4), eval_call([100, 101])
+    residual, velocity, hybrid = plan(cal, 0.35), plan(cal, 0.35, velocity=True), plan(cal, 0.35, hybrid=rule)
+    computed = np.array([row[0].compute for row in residual.cells])
+    assert [row[0].compute for row in hybrid.cells] == computed.tolist()
+    assert hybrid.velocity_steps == hybrid_steps(computed, rule)
+    assert 0 < len(hybrid.velocity_steps) < (~computed).sum() and hybrid.meta["hybrid"] == rule
+    assert all(row == (velocity if i in hybrid.velocity_steps else residual).cells[i]
+               for i, row in enumerate(hybrid.cells))
+    transformer_calls = []
+    # the output layer runs once per transformer call that is not a velocity step (the model hook's `__call__` runs
+    # on every step)
+    handle = tiny_pipe.transformer.proj_out.register_forward_pre_hook(lambda *_: transformer_calls.append(1))
+    apply_layer_cache(tiny_pipe.transformer, LayerCacheConfig(hybrid, telemetry=False))
+    try:
+        with BlockCounter(tiny_pipe.transformer) as counter:
+            tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent")
+    finally:
+        remove_layer_cache(tiny_pipe.transformer)
+    cached_calls = len(transformer_calls)
+    try:
+        with BlockCounter(tiny_pipe.transformer) as full:
+            tiny_pipe(**call, num_inference_steps=STEPS, output_type="latent")
+    finally:
+        handle.remove()
+    calls_per_step = (len(transformer_calls) - cached_calls) / STEPS   # with guidance, two
+    assert cached_calls == calls_per_step * (STEPS - len(hybrid.velocity_steps))
+    assert counter.macs / full.macs == pytest.approx(hybrid.compute_fraction, abs=1e-9)
+    for bad, message in (("every", "hybrid must be one of"), ("late", "whole-step plan")):
+        with pytest.raises(ValueError, match=message):
+            plan(cal, 0.35, hybrid=bad, velocity=bad == "late")
+    with pytest.raises(ValueError, match="whole-step plan"):
+        plan(cal, 0.35, allocation="groups", hybrid="late")
+
+
 @pytest.mark.parametrize("key", ["tiny", "tiny-flux"])
 @pytest.mark.parametrize("order", [1, 2])
 def test_reusing_outputs_with_taylor_on_its_pattern_is_diffusers_taylorseer(tiny_pipe, key, order):

@@ -555,6 +555,29 @@ def test_plan_verified_passes_argument_errors_through(tiny_pipe, cal):
     assert untouched(tiny_pipe)
 
 
+def test_the_check_tries_each_hybrid_on_its_best_whole_step_plans_and_keeps_the_best(tiny_pipe, cal):
+    """With `hybrids`, plan_verified also runs each hybrid of its `refine` best whole-step plans without velocity
+    steps (after the fixed-predictor round) and, with no recheck, keeps the plan of least error."""
+    from layercache.planner import HYBRIDS, plan_verified
+
+    chosen = plan_verified(tiny_pipe, cal, 0.4, [{"label": [1, 7], "seed": 5}], fixed_predictors=(), refine=2,
+                           hybrids=HYBRIDS)
+    tried = chosen.meta["verified"]["calibration_error"]
+    first_seen = {}
+    for name, error in tried.items():   # plans identical to an earlier one share its error and are not refined
+        first_seen.setdefault(error, name)
+    whole = [n for n in sorted(first_seen.values(), key=tried.get)
+             if "hybrid=" not in n and "velocity=True" not in n and "allocation=groups" not in n][:2]
+
+    def with_hybrid(name, rule):
+        return ",".join(sorted([*name.split(","), f"hybrid={rule}"], key=lambda part: part.split("=")[0]))
+
+    assert len(whole) == 2
+    assert sorted(n for n in tried if "hybrid=" in n) == sorted(with_hybrid(n, h) for n in whole for h in HYBRIDS)
+    assert chosen.meta["verified"]["chosen"] == min(tried, key=tried.get)
+    assert untouched(tiny_pipe)
+
+
 def test_fixed_predictor_keeps_the_steps_and_sets_every_reused_cell(cal):
     base, fixed = plan(cal, 0.5), plan(cal, 0.5, fixed=("slope", 2))
     assert [[c.compute for c in row] for row in base.cells] == [[c.compute for c in row] for row in fixed.cells]
