@@ -7,7 +7,8 @@ wall-clock speed-up of LayerCache (`planner.plan`: reused steps reuse the groups
 velocity steps (`plan(..., objective="outputs", velocity=True)`: a reused step calls nothing) and of MeanCache (same
 calibration) against the ideal one, 1 / executed compute fraction (target: LayerCache within 10% of ideal and not
 below MeanCache by more than noise), and of LayerCache with the floor charged (`plan(..., reused_call_cost=c)`, c
-timed here first: fewer blocks, so that blocks and reused calls fit the budget) against 1 / budget. Then what one
+timed here first: fewer blocks, so that blocks and reused calls fit the budget) against 1 / budget, and of the
+hybrid plans (`plan(..., hybrid=rule)`: LayerCache's steps, some reused steps velocity steps). Then what one
 transformer call costs (median over the calls of one image at the lowest budget): a computed call, a call whose
 groups are all reused from their residuals, a velocity call, and the transformer with its blocks swapped for
 pass-throughs and their inputs (text embedder, rotary positions) not run: its latent and timestep embeddings and
@@ -27,7 +28,7 @@ from ..groups import find_blocks, model_spec
 from ..meancache import meancache_schedule
 from ..methods import LayerCacheSetting, MeanCacheSetting, Uncached
 from ..models.registry import get_entry, load_pipeline, shipped_calibration
-from ..planner import plan
+from ..planner import HYBRIDS, plan
 from .bench import parse_budgets
 from .speed import machine
 
@@ -157,6 +158,8 @@ def run(args):
         schedules[f"charged {budget}"] = plan(cal, budget, reused_call_cost=charge)
         schedules[f"velocity {budget}"] = plan(cal, budget, objective="outputs", velocity=True)
         schedules[f"meancache {budget}"] = meancache_schedule(cal, budget)
+        for rule in HYBRIDS:
+            schedules[f"hybrid {rule} {budget}"] = plan(cal, budget, hybrid=rule)
 
     def timed(schedule=None):
         if schedule is None:
@@ -188,8 +191,9 @@ def run(args):
     print(f"overhead, every cell computed: {overhead:.3f}x the unhooked time (target <= 1.03)")
     print(f"a fully reused call costs {charge:g} of a computed one (charged below)")
     print("| budget | ideal | LayerCache wall× | of ideal | velocity steps wall× | of ideal | MeanCache wall× "
-          "| of ideal | floor charged: compute | wall× | of 1 / budget |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| of ideal | floor charged: compute | wall× | of 1 / budget |"
+          + "".join(f" hybrid {rule} wall× | of ideal |" for rule in HYBRIDS))
+    print("|---" * (11 + 2 * len(HYBRIDS)) + "|")
     for budget in budgets:
         row = [f"{budget:g}", f"{1 / schedules[f'layercache {budget}'].compute_fraction:.2f}×"]
         for method in ("layercache", "velocity", "meancache"):
@@ -198,6 +202,9 @@ def run(args):
             row += [f"{realized:.2f}×", f"{realized * schedule.compute_fraction:.2f}"]
         realized, charged = median["unhooked"] / median[f"charged {budget}"], schedules[f"charged {budget}"]
         row += [f"{charged.compute_fraction:.2f}", f"{realized:.2f}×", f"{realized * budget:.2f}"]
+        for rule in HYBRIDS:
+            realized = median["unhooked"] / median[f"hybrid {rule} {budget}"]
+            row += [f"{realized:.2f}×", f"{realized * schedules[f'hybrid {rule} {budget}'].compute_fraction:.2f}"]
         print("| " + " | ".join(row) + " |")
     budget = min(budgets)
     print(f"one transformer call at budget {budget:g}, median over {args.repeats} images (ms):")
