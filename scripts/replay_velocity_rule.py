@@ -9,24 +9,12 @@ first round is unchanged by the rule, so the stored finalists are the ones it wo
     python scripts/replay_velocity_rule.py --model tiny --steps 20 >> assets/family_recheck/velocity_rule_replay.jsonl
 """
 
-import argparse
 import json
 
 import numpy as np
+from grid_row import GridRow, row_parser
 
-import layercache as lc
-from layercache.calibrate import Calibration
-from layercache.models.registry import load_pipeline, shipped_calibration
-from layercache.models.tiny.sets import calibration_calls, recheck_calls
-from layercache.planner import (
-    OutOfReach,
-    clearly_better,
-    image_errors,
-    option_name,
-    plan,
-    reference_outputs,
-    verified_options,
-)
+from layercache.planner import OutOfReach, clearly_better, option_name, plan, verified_options
 
 
 def parse(name: str) -> dict:
@@ -44,29 +32,13 @@ def parse(name: str) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", choices=["tiny", "tiny-flux"])
-    parser.add_argument("--steps", type=int, required=True)
-    args = parser.parse_args()
-    path = f"assets/bench_grid_{'' if args.model == 'tiny' else args.model + '_'}steps{args.steps}.json"
-    with open(path) as f:
-        stored = {r["budget"]: r["params"] for r in json.load(f)["records"] if r["method"] == "layercache"}
-    pipe = load_pipeline(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    cal = Calibration.load(shipped_calibration(args.model, args.steps, 4))
-    calls, rechecks = calibration_calls(), recheck_calls()
-    reference = reference_outputs(pipe, calls, args.steps)
-    recheck_reference = reference_outputs(pipe, rechecks, args.steps)
-
-    def errors(schedule, on_calls, on_reference):
-        lc.enable(pipe, schedule, telemetry=False)
-        try:
-            return image_errors(reference_outputs(pipe, on_calls, args.steps), on_reference)
-        finally:
-            lc.disable(pipe)
+    args = row_parser(__doc__.splitlines()[0]).parse_args()
+    row = GridRow(args.model, args.steps)
+    stored = {r["budget"]: r["params"] for r in row.layercache()}
+    cal, calls, rechecks, errors = row.cal, row.calls, row.rechecks, row.errors
 
     def computes(schedule):
-        return str([[cell.compute for cell in row] for row in schedule.cells])
+        return str([[cell.compute for cell in cells] for cells in schedule.cells])
 
     for budget, params in stored.items():
         velocity = {}
@@ -82,14 +54,14 @@ def main():
             siblings = {n: s for n, s in velocity.items() if computes(s) == computes(schedule)}
             if schedule.velocity_steps or not siblings:
                 continue
-            mine = errors(schedule, calls, reference)
-            sibling, theirs = min(((n, errors(s, calls, reference)) for n, s in siblings.items()),
+            mine = errors(schedule, calls, row.reference)
+            sibling, theirs = min(((n, errors(s, calls, row.reference)) for n, s in siblings.items()),
                                   key=lambda pair: pair[1].mean())
             lead = mine - theirs
             note = f"{name}: lead {lead.mean():+.3f} ± {lead.std(ddof=1) / np.sqrt(len(lead)):.3f} over {sibling}"
             if not clearly_better(mine, theirs):
                 del rechecked[name]
-                rechecked[sibling] = round(float(errors(siblings[sibling], rechecks, recheck_reference).mean()), 4)
+                rechecked[sibling] = round(float(errors(siblings[sibling], rechecks, row.recheck_reference).mean()), 4)
                 note += ", replaced"
             notes.append(note)
         chosen = min(rechecked, key=rechecked.get)
