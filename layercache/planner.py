@@ -569,7 +569,7 @@ def option_name(option: dict) -> str:
 
 def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, candidates=None,
                   reference=None, progress=None, fixed_predictors=FIXED_PREDICTORS, refine: int = 3,
-                  recheck_calls=None, recheck_reference=None, hybrids=(), **options) -> Schedule:
+                  recheck_calls=None, recheck_reference=None, hybrids=HYBRIDS, **options) -> Schedule:
     """The plan checked end to end: plan once per option set in `candidates` (default `verified_options`), run each
     plan on the calibration calls (never evaluation inputs) and keep the one whose images are closest to the
     uncached ones (`reference`, from `reference_outputs`; computed if not given). Then the `refine` best plans'

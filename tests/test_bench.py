@@ -58,6 +58,56 @@ def test_bad_output_folder(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def _earlier(path, **meta):
+    """A results file as bench writes it: meancache and fewer-steps at budget 0.5, 4 steps, seeds 100-101."""
+    def record(method, psnr):
+        budget = 0.5 if method != "uncached" else 1.0
+        return {"method": method, "budget": budget, "steps": 4, "psnr": psnr, "ssim": 0.5, "fidelity": 1.0,
+                "compute_fraction": budget, "speedup_wall": None}
+
+    meta = {"command": "python -m layercache bench (earlier)", "model": "tiny", "seeds": [100, 101], "steps": [4],
+            "batch": 10, **meta}
+    path.write_text(json.dumps({"meta": meta, "records": [record("uncached", 100.0), record("meancache", 12.5),
+                                                          record("fewer-steps", 11.0)]}))
+
+
+@pytest.mark.parametrize("meta, message", [(None, "does not exist; drop --update"),
+                                           ({"seeds": [100, 102]}, "--seeds [100, 102] (asked [100, 101])"),
+                                           ({"model": "tiny-flux"}, "--model tiny-flux (asked tiny)"),
+                                           ({"steps": [10]}, "--steps [10] (asked [4])"),
+                                           ("{}", "not a bench results file")])
+def test_update_needs_an_earlier_run_on_the_same_images(meta, message, tmp_path, monkeypatch, capsys):
+    import layercache.models.registry as registry
+
+    monkeypatch.setattr(registry, "load_pipeline", lambda *a, **k: pytest.fail("model loaded before validation"))
+    out = tmp_path / "r.json"
+    if isinstance(meta, dict):
+        _earlier(out, **meta)
+    elif meta is not None:
+        out.write_text(meta)
+    before = out.read_text() if out.exists() else None
+    assert cli.main(["bench", *GOOD, "--update", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --update") and message in err, err
+    assert (out.read_text() if out.exists() else None) == before   # nothing lost
+
+
+def test_update_replaces_the_rerun_methods_records_and_keeps_the_others(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    _earlier(out)
+    assert cli.main(["bench", "--model", "tiny", "--methods", "fewer-steps", "--budgets", "0.5,0.25", "--seeds",
+                     "100-101", "--steps", "4", "--repeats", "0", "--update", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    kept = {(r["method"], r["budget"]): r for r in result["records"]}
+    assert list(kept) == [("uncached", 1.0), ("meancache", 0.5), ("fewer-steps", 0.5), ("fewer-steps", 0.25)]
+    assert kept["meancache", 0.5]["psnr"] == 12.5                      # not rerun: kept as it was
+    assert kept["fewer-steps", 0.5]["psnr"] != 11.0 and kept["fewer-steps", 0.5]["n"] == 2   # rerun here
+    assert kept["uncached", 1.0]["n"] == 2
+    assert result["meta"]["command"].endswith("--update")
+    assert result["meta"]["earlier_runs"][0]["command"] == "python -m layercache bench (earlier)"
+    assert "meancache             0.500   0.500   12.50" in capsys.readouterr().out   # the merged table printed
+
+
 def test_cli_subcommand_bad_input_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, "-m", "layercache", "bench", "--budgets", "0", "--out", "r.json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)

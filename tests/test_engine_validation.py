@@ -386,6 +386,7 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     """The library's default path (plan_verified, what the app and benchmark use) is, end to end on the calibration
     calls, no worse than any whole-step plan the planner makes: its choice, its bookkeeping and its dedup hold."""
     from layercache.planner import (
+        HYBRIDS,
         WHOLE_STEP_OPTIONS,
         option_name,
         output_error,
@@ -411,8 +412,9 @@ def test_verified_plan_is_never_worse_end_to_end_than_a_whole_step_plan(tiny_pip
     tried = chosen.meta["verified"]["calibration_error"]
     options = verified_options(steps, budget)
     assert {option_name(o) for o in options} <= set(tried)
-    refined = set(tried) - {option_name(o) for o in options}   # the best plans' steps, one predictor
-    assert refined and all("fixed=" in name for name in refined)
+    refined = set(tried) - {option_name(o) for o in options}   # the best plans' steps: one predictor, or a hybrid
+    assert refined and all("fixed=" in name or "hybrid=" in name for name in refined)
+    assert {name.split("hybrid=")[1].split(",")[0] for name in refined if "hybrid=" in name} == set(HYBRIDS)
     assert end_to_end(chosen) == pytest.approx(min(tried.values()))
     peers_patterns = [plan(cal, budget, objective="regular", pattern=p) for p in regular_patterns(steps, budget)]
     alternatives = [plan(cal, budget, **option) for option in WHOLE_STEP_OPTIONS] + peers_patterns

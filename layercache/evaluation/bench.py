@@ -126,8 +126,37 @@ def validate(args) -> dict:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     for path, flag in ((args.out, "--out"), (args.html, "--html"), (args.png, "--png")):
         _writable(path, flag)
-    return {"methods": methods, "budgets": budgets, "seeds": seeds, "steps": steps,
+    earlier = _earlier_run(args.out, args.model, seeds, steps, args.batch) if args.update else None
+    return {"methods": methods, "budgets": budgets, "seeds": seeds, "steps": steps, "earlier": earlier,
             "reused_call_cost": parse_reused_call_cost(args.reused_call_cost)}
+
+
+def _earlier_run(path, model, seeds, steps, batch) -> dict:
+    """The results file --update replaces records in: it must be a run on the same images (model, seeds, steps,
+    batch), or its other methods' figures would not compare with the new ones."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        meta, records = earlier["meta"], list(earlier["records"])
+        found = {"--model": meta["model"], "--seeds": meta["seeds"], "--steps": meta["steps"], "--batch": meta["batch"]}
+    except FileNotFoundError:
+        raise ValueError(f"--update replaces records in --out, and {path} does not exist; drop --update to write "
+                         f"a new file") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--update: {path} is not a bench results file ({type(err).__name__})") from None
+    wanted = {"--model": model, "--seeds": seeds, "--steps": steps, "--batch": batch}
+    differ = [f"{flag} {found[flag]} (asked {wanted[flag]})" for flag in wanted if found[flag] != wanted[flag]]
+    if differ:
+        raise ValueError(f"--update: {path} was run with {', '.join(differ)}; rerun on its images or write a new file")
+    return {"meta": meta, "records": records}
+
+
+def updated(earlier: dict, meta: dict, records: list) -> dict:
+    """`earlier`'s results with `records` in place of its records of the same (method, steps, budget) (new ones
+    appended): the methods not rerun keep their figures; the earlier run's meta is kept in the new one."""
+    fresh = {(r["method"], r["steps"], r["budget"]): r for r in records}
+    merged = [fresh.pop((r["method"], r["steps"], r["budget"]), r) for r in earlier["records"]] + list(fresh.values())
+    runs = [{k: v for k, v in earlier["meta"].items() if k != "earlier_runs"}, *earlier["meta"].get("earlier_runs", [])]
+    return {"meta": {**meta, "earlier_runs": runs}, "records": merged}
 
 
 ARGUMENTS = [
@@ -146,6 +175,8 @@ ARGUMENTS = [
                                                        "as a fraction of a computed one: 0 counts blocks only, "
                                                        "'measure' times it here first (default: %(default)s)"}),
     (("--out",), {"required": True, "help": "results JSON to write"}),
+    (("--update",), {"action": "store_true", "help": "--out is an earlier run on the same images: replace only its "
+                                                     "records of the methods and budgets run here, keep the rest"}),
     (("--html",), {"default": None, "help": "Plotly Pareto figure (HTML) to write"}),
     (("--png",), {"default": None, "help": "the same figure as PNG (needs kaleido and a Chromium)"}),
 ]
@@ -375,7 +406,7 @@ def run(args) -> list[dict]:
                f"--budgets {','.join(f'{b:g}' for b in settings['budgets'])} --seeds {args.seeds} "
                f"--steps {','.join(map(str, settings['steps']))} "
                f"--repeats {args.repeats} --batch {args.batch} --reused-call-cost {settings['reused_call_cost']:g} "
-               f"--out {args.out}"
+               f"--out {args.out}" + (" --update" if settings["earlier"] is not None else "")
                + (f" --html {args.html}" if args.html else "") + (f" --png {args.png}" if args.png else ""))
     result = {"meta": {"command": command, "model": args.model, "steps": settings["steps"], "seeds": seeds,
                        "batch": args.batch, "repeats": args.repeats, "processes": state.num_processes,
@@ -385,6 +416,9 @@ def run(args) -> list[dict]:
                        "speedup_wall": "uncached / cached time of one-image calls, alternated in one process, "
                                        "median over repeats (and processes)"},
               "records": records}
+    if settings["earlier"] is not None:
+        result = updated(settings["earlier"], result["meta"], records)
+        records = result["records"]
     Path(args.out).write_text(json.dumps(result, indent=1, default=_json_default))
     if args.html or args.png:
         write_figure(records, args.html, args.png)

@@ -15,14 +15,14 @@ The bundled model (CPU) and models without a step figure take the fixed `default
 will refuse also take it: the call then fails at once with its own message.
 """
 
-from ..planner import FIXED_PREDICTORS, PEER_PATTERNS, RECHECK_FINALISTS, VERIFIED_OPTIONS, pattern_options
+from ..planner import FIXED_PREDICTORS, HYBRIDS, PEER_PATTERNS, RECHECK_FINALISTS, VERIFIED_OPTIONS, pattern_options
 from .space import defaults, serve
 
 ALLOWANCE_S = 30
 # reference + candidates + TaylorSeer's regular patterns (`verified_options`) + refinements, then the recheck call's
 # reference + finalists (`workbench.verified_plan`)
 PLAN_CHECK_RUNS = (1 + len(VERIFIED_OPTIONS) + PEER_PATTERNS * len(pattern_options((1, 1)))
-                   + 3 * len(FIXED_PREDICTORS) + 1 + RECHECK_FINALISTS)
+                   + 3 * (len(FIXED_PREDICTORS) + len(HYBRIDS)) + 1 + RECHECK_FINALISTS)
 
 
 def _seconds(key, steps, runs) -> int:
