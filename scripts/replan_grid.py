@@ -7,24 +7,26 @@ printed with the stored LayerCache and best-peer figures and the paired margin o
 its reused steps that still call the transformer (a velocity step calls nothing). Wall-clock is not timed: a grid
 rerun (README, "LayerCache over the whole operating range") does that. One JSON line per cell.
 
-    python scripts/replan_grid.py --model tiny --steps 10 --budgets 0.35,0.25 --hybrids alternate,late
+    python scripts/replan_grid.py --model tiny --steps 10 --budgets 0.35,0.25 --hybrids none   # without hybrids
 """
 
 import json
 
 from grid_row import GridRow, row_parser
 
-from layercache.planner import plan_verified
+from layercache.planner import HYBRIDS, plan_verified
 
 
 def main():
     parser = row_parser(__doc__.splitlines()[0])
     parser.add_argument("--budgets", help="comma separated (default: every budget of the row)")
-    parser.add_argument("--hybrids", default="", help="plan_verified's hybrids, comma separated")
+    parser.add_argument("--hybrids", default=",".join(HYBRIDS),
+                        help="plan_verified's hybrids, comma separated, or 'none' (default: %(default)s, as the "
+                             "benchmark)")
     args = parser.parse_args()
     row = GridRow(args.model, args.steps)
     budgets = None if args.budgets is None else {float(b) for b in args.budgets.split(",")}
-    hybrids = tuple(h for h in args.hybrids.split(",") if h)
+    hybrids = tuple(h for h in args.hybrids.split(",") if h and h != "none")
 
     for record in (r for r in row.layercache() if budgets is None or r["budget"] in budgets):
         budget = record["budget"]
