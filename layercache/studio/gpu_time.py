@@ -19,7 +19,8 @@ from ..planner import FIXED_PREDICTORS, HYBRIDS, PEER_PATTERNS, RECHECK_FINALIST
 from .space import defaults, serve
 
 ALLOWANCE_S = 30
-# reference + candidates + TaylorSeer's regular patterns (`verified_options`) + refinements, then the recheck call's
+# reference + candidates + TaylorSeer's regular patterns (`verified_options`) + the 3 best plans refined (each fixed
+# predictor, each hybrid; `plan_verified`'s `refine`), then the recheck call's
 # reference + finalists (`workbench.verified_plan`)
 PLAN_CHECK_RUNS = (1 + len(VERIFIED_OPTIONS) + PEER_PATTERNS * len(pattern_options((1, 1)))
                    + 3 * (len(FIXED_PREDICTORS) + len(HYBRIDS)) + 1 + RECHECK_FINALISTS)
