@@ -400,6 +400,10 @@ def run(args) -> list[dict]:
         if main:
             records += summarize(images, timings, points, steps)
     bar.close()
+    # every process leaves the gloo group together: one that exits with the group alive can abort
+    # ("terminate called without an active exception") while another still talks to it
+    state.wait_for_everyone()
+    state.destroy_process_group()
     if not main:
         return []
     command = (f"python -m layercache bench --model {args.model} --methods {','.join(settings['methods'])} "
