@@ -475,8 +475,8 @@ def output_error(outputs: list, reference: list) -> float:
 
 
 # How far ahead, in standard errors of the mean paired per-image difference, a plan must be on the calibration calls
-# to be rechecked instead of its family's velocity plan (the same computed steps, the reused ones not calling the
-# transformer at all, so faster by the floor a reused call pays; docs/design.md, "Planner").
+# to be rechecked instead of a faster plan of its family (the same computed steps, more of the reused ones velocity
+# steps, which call nothing, so faster by the floor a reused call pays; docs/design.md, "Planner").
 BEYOND_NOISE_SE = 2.0
 
 
@@ -486,6 +486,21 @@ def clearly_better(errors: np.ndarray, than: np.ndarray) -> bool:
     difference = np.asarray(errors) - np.asarray(than)
     spread = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
     return bool(difference.mean() < (-BEYOND_NOISE_SE * spread if spread > 0 else 0.0))   # no spread: any lead
+
+
+def fastest_within_noise(best: str, family: list, transformer_calls: dict, per_image: dict) -> str:
+    """The plan of a family (plans computing the same cells, `best` the best of them on the first calls) to recheck:
+    the one that calls the transformer least (`transformer_calls`; a velocity step calls nothing, a reused step that
+    predicts the groups pays the call's floor) among those `best` is not `clearly_better` than, by each plan's
+    `per_image` errors; `best` where it is clearly better than every faster one. So a hybrid is rechecked only
+    where it beats the family's velocity plan beyond noise, as a residual plan must beat both (docs/design.md,
+    "Planner")."""
+    for name in sorted(family, key=transformer_calls.get):   # stable: equally fast plans keep their rank order
+        if transformer_calls[name] >= transformer_calls[best]:
+            break
+        if not clearly_better(per_image[best], per_image[name]):
+            return name
+    return best
 
 
 def reference_outputs(pipe, calls: list, num_inference_steps: int) -> list:
@@ -511,8 +526,8 @@ def recheck(ranked: list, recheck_error, family=lambda setting: setting, prefer=
     one on the calibration images, and MeanCache's plan (1.5 dB better on the evaluation images) never ran again.
     Why the recheck images alone: the first round chose its finalists on the calibration images, so on those they
     lead by luck as well (docs/design.md, "Planner"). `prefer(best)`: the setting a family is rechecked with, given
-    its best (`plan_verified`: its velocity plan, unless the best is clearly better). `plan_verified` and the
-    benchmark's tuning choose with it."""
+    its best (`plan_verified`: its fastest plan the best is not clearly better than, `fastest_within_noise`).
+    `plan_verified` and the benchmark's tuning choose with it."""
     best = {}
     for setting in ranked:
         best.setdefault(family(setting), setting)
@@ -576,10 +591,10 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
     steps are tried again with each of `fixed_predictors` on every reused cell, and then the `refine` best whole-step
     plans that have no velocity step with each of `hybrids` (`plan`'s hybrid: some reused steps velocity steps).
     With `recheck_calls` (other inputs, never evaluation ones), the best plan of each of the RECHECK_FINALISTS best
-    families (plans computing the same cells; the family's velocity plan instead where that best is not
-    `clearly_better` on the calibration calls: the same steps, faster) runs on them too and the one of least error
-    on them is kept (`recheck`). Option sets that cannot reach the budget are skipped; argument errors reach the
-    caller. `progress(done, total)` is called before each run.
+    families (plans computing the same cells; instead of that best, the family's fastest plan it is not
+    `clearly_better` than on the calibration calls, `fastest_within_noise`: the same steps, fewer calls) runs on
+    them too and the one of least error on them is kept (`recheck`). Option sets that cannot reach the budget are
+    skipped; argument errors reach the caller. `progress(done, total)` is called before each run.
 
     Example:
         >>> schedule = plan_verified(pipe, cal, 0.5, calls)     # the calls `cal` was calibrated on
@@ -657,16 +672,14 @@ def plan_verified(pipe, calibration: Calibration, budget: float, calls: list, ca
         ranked = sorted(plans, key=tried.get)
         family = {n: str([[cell.compute for cell in row] for row in plans[n][1].cells]) for n in ranked}
 
-        def velocity_unless_clearly_worse(name: str) -> str:
-            """The family's best velocity plan where `name` (its best) is not clearly better on the first calls: the
-            same computed steps, a reused one calling nothing instead of the transformer's floor."""
-            siblings = [n for n in ranked if family[n] == family[name] and plans[n][1].velocity_steps]
-            if not siblings or clearly_better(per_image[name], per_image[siblings[0]]):
-                return name
-            return siblings[0]
+        transformer_calls = {n: steps - len(plans[n][1].velocity_steps) for n in ranked}
+
+        def faster_unless_clearly_worse(name: str) -> str:
+            return fastest_within_noise(name, [n for n in ranked if family[n] == family[name]], transformer_calls,
+                                        per_image)
 
         ran = []
-        rechecked = recheck(ranked, recheck_error, family.get, velocity_unless_clearly_worse)
+        rechecked = recheck(ranked, recheck_error, family.get, faster_unless_clearly_worse)
         chosen = min(rechecked, key=rechecked.get)
     best = plans[chosen][1]
     best.meta["verified"] = {"calibration_error": tried, "calls": len(calls), "chosen": chosen}

@@ -499,6 +499,31 @@ def test_clearly_better_asks_for_a_paired_lead_beyond_noise(monkeypatch):
     assert planner.clearly_better(noisy, base)                            # any lead counts at zero standard errors
 
 
+def test_a_family_is_rechecked_with_its_fastest_plan_its_best_does_not_clearly_beat():
+    """The best residual plan of a family, its hybrid (half its reused steps velocity steps) and its velocity plan
+    (all of them): each faster plan replaces a slower one unless the slower is clearly better; a hybrid is held to
+    the velocity plan as the residual plan is (it was exempt while any plan with a velocity step counted as fast)."""
+    from layercache.planner import fastest_within_noise
+
+    base = np.array([-10.0, -9.0, -11.0, -10.5])
+    noisy_lead = base + np.array([-2.0, 1.5, -1.0, 0.9])              # mean lead 0.15, SE ~0.8: not clear
+    calls = {"residual": 10, "hybrid": 7, "velocity": 4}
+
+    def choose(best, residual, hybrid, velocity):
+        errors = {"residual": residual, "hybrid": hybrid, "velocity": velocity}
+        return fastest_within_noise(best, list(errors), calls, errors)
+
+    assert choose("residual", base, base, base) == "velocity"              # level: the fastest
+    assert choose("residual", noisy_lead, base, base) == "velocity"
+    assert choose("residual", base - 1, base, base + 0.1) == "residual"    # clearly better than both faster plans
+    assert choose("residual", base - 1, base - 1, base) == "hybrid"        # clearly better than the velocity plan only
+    assert choose("hybrid", base - 1, base - 1.05, base) == "hybrid"
+    assert choose("hybrid", base, noisy_lead, base) == "velocity"          # a hybrid within noise of the fastest
+    assert choose("velocity", base, base, base) == "velocity"
+    assert fastest_within_noise("hybrid", ["hybrid", "residual"], calls, {"hybrid": base, "residual": base - 1}) \
+        == "hybrid"                                                        # never a slower plan
+
+
 def test_recheck_asks_prefer_only_for_the_finalist_families():
     from layercache.planner import RECHECK_FINALISTS, recheck
 
