@@ -37,6 +37,12 @@ def image_and_transformer_time(pipe, steps: int, images: int) -> tuple[float, fl
     return statistics.median(totals), statistics.median(inside)
 
 
+def ceiling_of_ideal(total: float, inside: float, ideal: float) -> float:
+    """The fraction of `ideal` (1 / compute fraction) realized by a cache whose reused calls cost nothing, given an
+    uncached image's time `total` of which `inside` is in the transformer."""
+    return total / (inside / ideal + total - inside) / ideal
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="bench results files (python -m layercache bench --out ...)")
@@ -68,7 +74,7 @@ def ceilings(pipe, model: str, steps: int, records: list, images: int) -> list[s
     meancache = {r["budget"]: r for r in records if r["method"] == "meancache" and r["speedup_wall"]}
     for ours in (r for r in records if r["method"] == "layercache" and r["speedup_wall"]):
         ideal = ours["speedup_ideal"]
-        ceiling = total / (inside / ideal + outside) / ideal
+        ceiling = ceiling_of_ideal(total, inside, ideal)
         realized = ours["speedup_wall"] / ideal
         peer = meancache.get(ours["budget"])
         peer_text = f"{peer['speedup_wall'] / peer['speedup_ideal']:.3f}" if peer else "–"
